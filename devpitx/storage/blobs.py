@@ -1,0 +1,151 @@
+"""Content-addressed file contents, and the ``+files/`` view of them.
+
+``blobs/sha256/ab/cd/<hex>`` holds each distinct content once, whatever index
+or name it is published under. A blob is written and fsynced *before* the
+commit that names it, so a committed entry never points at missing bytes.
+``+files/<relpath>`` are hard links into ``blobs/`` at devpi's URL layout, so a
+front-end web server can serve ``+f`` URLs straight from disk; they are
+derived from the file entries and recreated on replay.
+
+All methods here are blocking I/O: call them through a RunBlocking runner
+unless the data is known to be small.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from devpitx.storage.atomic import fsync_dir
+
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+COPY_CHUNK_BYTES = 1024 * 1024
+
+
+class BlobStore:
+    def __init__(self, root: Path, files_root: Path, tmp_dir: Path) -> None:
+        self.root = root
+        self.files_root = files_root
+        self.tmp_dir = tmp_dir
+        for path in (root, files_root, tmp_dir):
+            path.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, sha256: str) -> Path:
+        if not _HEX64.match(sha256):
+            raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+        return self.root / "sha256" / sha256[:2] / sha256[2:4] / sha256
+
+    def has(self, sha256: str) -> bool:
+        return self.path_for(sha256).is_file()
+
+    def size(self, sha256: str) -> int:
+        return self.path_for(sha256).stat().st_size
+
+    def adopt(self, src: Path, sha256: str) -> Path:
+        """Move the already-hashed file ``src`` (on this filesystem) into the store, durably.
+
+        The caller vouches for ``sha256``; it computed it while writing ``src``.
+        """
+        target = self.path_for(sha256)
+        fd = os.open(src, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if target.exists():
+            src.unlink()
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, target)
+        except FileExistsError:
+            pass  # a concurrent adopt of the same content won
+        src.unlink()
+        fsync_dir(target.parent)
+        return target
+
+    def put_bytes(self, data: bytes) -> str:
+        """Store small contents (toxresults, metadata files); returns the sha256."""
+        sha256 = hashlib.sha256(data).hexdigest()
+        if self.has(sha256):
+            return sha256
+        fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="blob-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            self.adopt(Path(name), sha256)
+        finally:
+            Path(name).unlink(missing_ok=True)
+        return sha256
+
+    def copy_in(self, src: Path) -> tuple[str, int]:
+        """Copy a file from anywhere into the store, hashing on the way; (sha256, size)."""
+        digest = hashlib.sha256()
+        size = 0
+        fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="copy-")
+        try:
+            with os.fdopen(fd, "wb") as out, open(src, "rb") as inp:
+                while chunk := inp.read(COPY_CHUNK_BYTES):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
+            sha256 = digest.hexdigest()
+            self.adopt(Path(name), sha256)
+        finally:
+            Path(name).unlink(missing_ok=True)
+        return sha256, size
+
+    def relpath_path(self, relpath: str) -> Path:
+        parts = relpath.split("/")
+        if any(p in ("", ".", "..") or "\x00" in p for p in parts):
+            raise ValueError(f"unsafe relpath {relpath!r}")
+        return self.files_root.joinpath(*parts)
+
+    def link_relpath(self, relpath: str, sha256: str) -> None:
+        """Make ``+files/<relpath>`` a hard link to the blob (idempotent)."""
+        target = self.relpath_path(relpath)
+        blob = self.path_for(sha256)
+        try:
+            if os.path.samefile(target, blob):
+                return
+        except FileNotFoundError:
+            pass
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.unlink(missing_ok=True)
+        os.link(blob, tmp)
+        os.replace(tmp, target)
+
+    def unlink_relpath(self, relpath: str) -> None:
+        target = self.relpath_path(relpath)
+        target.unlink(missing_ok=True)
+        # Empty hash directories would pile up as files come and go.
+        parent = target.parent
+        while parent != self.files_root:
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+            parent = parent.parent
+
+    def clear_tmp(self) -> int:
+        """Remove everything in tmp/ (uploads and downloads that never committed)."""
+        count = 0
+        for entry in os.scandir(self.tmp_dir):
+            if entry.is_dir(follow_symlinks=False):
+                continue
+            os.unlink(entry.path)
+            count += 1
+        return count
+
+    def iter_blobs(self) -> Iterator[tuple[str, Path]]:
+        base = self.root / "sha256"
+        if not base.is_dir():
+            return
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                if _HEX64.match(name):
+                    yield name, Path(dirpath) / name

@@ -1,0 +1,138 @@
+"""The materialised current value of every key: in memory for reads, under ``state/`` for restarts.
+
+``state/`` is a view of the journal, never the truth: each file records its
+own key (``{"key": ..., "value": ...}``) and ``state/.serial`` the last
+serial whose changes are all on disk. Deleting ``state/`` loses nothing;
+opening the store replays the journal into it again.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from devpitx.storage.atomic import atomic_write, fsync_dir, is_tmp_name
+from devpitx.storage.keys import state_relpath
+
+SERIAL_FILE = ".serial"
+_EMPTY: frozenset[str] = frozenset()
+
+
+class StateTree:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.serial = -1
+        self._values: dict[str, Any] = {}
+        # prefix -> names of the next segment below it, for every prefix that has keys below it
+        self._children: dict[str, set[str]] = {}
+
+    # -- reads (reactor thread only) --------------------------------------------------------
+    def get(self, key: str) -> Any | None:
+        """The stored value; callers must treat it as read-only."""
+        return self._values.get(key)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._values
+
+    def children(self, prefix: str) -> Iterable[str]:
+        """Names of the segments directly below ``prefix`` (a key without trailing slash)."""
+        return self._children.get(prefix, _EMPTY)
+
+    def keys_below(self, prefix: str) -> Iterator[str]:
+        for name in list(self.children(prefix)):
+            key = f"{prefix}/{name}"
+            if key in self._values:
+                yield key
+            yield from self.keys_below(key)
+
+    def items(self) -> Iterator[tuple[str, Any]]:
+        return iter(self._values.items())
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    # -- changes --------------------------------------------------------------------------
+    def apply_in_memory(self, changes: Mapping[str, Any]) -> None:
+        for key, value in changes.items():
+            if value is None:
+                if self._values.pop(key, _MISSING) is not _MISSING:
+                    self._forget_path(key)
+            else:
+                if key not in self._values:
+                    self._remember_path(key)
+                self._values[key] = value
+
+    def persist(self, changes: Mapping[str, Any]) -> None:
+        """Write the changed keys' files durably (``write_serial`` records them as applied)."""
+        dirs: set[Path] = set()
+        for key, value in changes.items():
+            path = self.root / state_relpath(key)
+            if value is None:
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                data = json.dumps({"key": key, "value": value}, separators=(",", ":"), ensure_ascii=False)
+                atomic_write(path, data.encode(), sync_dir=False)
+            dirs.add(path.parent)
+        for directory in dirs:
+            fsync_dir(directory)
+
+    def write_serial(self, serial: int) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.root / SERIAL_FILE, str(serial).encode())
+        self.serial = serial
+
+    # -- loading --------------------------------------------------------------------------
+    @classmethod
+    def load(cls, root: Path) -> StateTree:
+        tree = cls(root)
+        root.mkdir(parents=True, exist_ok=True)
+        try:
+            tree.serial = int((root / SERIAL_FILE).read_text())
+        except FileNotFoundError:
+            tree.serial = -1
+        for dirpath, _dirs, files in os.walk(root):
+            for name in files:
+                path = Path(dirpath) / name
+                if is_tmp_name(name):
+                    path.unlink()  # an interrupted atomic_write; its key is replayed if needed
+                    continue
+                if name == SERIAL_FILE or not name.endswith(".json"):
+                    continue
+                record = json.loads(path.read_bytes())
+                tree.apply_in_memory({record["key"]: record["value"]})
+        return tree
+
+    # -- the children index ---------------------------------------------------------------
+    def _remember_path(self, key: str) -> None:
+        parent, _, name = key.rpartition("/")
+        while True:
+            siblings = self._children.setdefault(parent, set())
+            if name in siblings:
+                return
+            siblings.add(name)
+            if not parent:
+                return
+            parent, _, name = parent.rpartition("/")
+
+    def _forget_path(self, key: str) -> None:
+        current = key
+        while current:
+            if current in self._values or self._children.get(current):
+                return
+            self._children.pop(current, None)
+            parent, _, name = current.rpartition("/")
+            siblings = self._children.get(parent)
+            if siblings is not None:
+                siblings.discard(name)
+                if not siblings:
+                    del self._children[parent]
+            current = parent
+
+
+_MISSING = object()

@@ -1,0 +1,195 @@
+"""Store: the server directory's journal, state, blobs and lock, opened once per process.
+
+Commit order (DESIGN.md §2), the contract every crash test checks:
+  1. blobs named by the entry are already durable (BlobStore.adopt, before the txn);
+  2. the journal entry is written to a temporary file, fsynced, linked to its
+     final name and the directory fsynced: from here on the serial exists;
+  3. state files are replaced atomically, ``+files/`` links updated, ``state/.serial`` written;
+  4. in-memory state is updated and waiters fire.
+A crash before 2 leaves the previous serial; a crash after 2 is completed by
+replay on the next open.
+"""
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from devpitx.storage.blobs import BlobStore
+from devpitx.storage.journal import Entry, Journal, JournalCorrupt
+from devpitx.storage.keys import relpath_of_file_key
+from devpitx.storage.serials import SerialWaiter
+from devpitx.storage.state import StateTree
+from devpitx.storage.txn import WriteTxn
+
+CommitListener = Callable[[int, Mapping[str, Any]], None]
+Checkpoint = Callable[[str], None]
+
+# Names of the points between commit steps where tests inject failures.
+COMMIT_STEPS = ("before-journal", "after-journal", "after-state", "after-files")
+
+
+class StoreLocked(Exception):
+    """Another process has this server directory open."""
+
+
+class StoreBroken(Exception):
+    """A commit failed after its journal entry became durable; the process must restart."""
+
+
+def _no_checkpoint(step: str) -> None:
+    return None
+
+
+class Store:
+    log = Logger()
+
+    def __init__(self, serverdir: Path, clock: IReactorTime, *, checkpoint: Checkpoint = _no_checkpoint) -> None:
+        self.serverdir = serverdir
+        self._clock = clock
+        self._checkpoint = checkpoint
+        self._lock_file: TextIO | None = None
+        self._listeners: list[CommitListener] = []
+        self._in_txn = False
+        self._broken: str | None = None
+        self.last_commit_at: float | None = None
+        self.journal: Journal
+        self.state: StateTree
+        self.blobs: BlobStore
+        self.waiter: SerialWaiter
+
+    # -- opening --------------------------------------------------------------------------
+    @classmethod
+    def open(cls, serverdir: Path, clock: IReactorTime, *, checkpoint: Checkpoint = _no_checkpoint) -> Store:
+        """Lock the directory, drop leftovers of interrupted work and replay the journal."""
+        store = cls(serverdir, clock, checkpoint=checkpoint)
+        serverdir.mkdir(parents=True, exist_ok=True)
+        store._lock()
+        try:
+            store.journal = Journal(serverdir / "journal")
+            store.journal.remove_stray_tmp_files()
+            store.blobs = BlobStore(serverdir / "blobs", serverdir / "+files", serverdir / "tmp")
+            store.blobs.clear_tmp()
+            store.state = StateTree.load(serverdir / "state")
+            store._recover()
+        except BaseException:
+            store.close()
+            raise
+        store.waiter = SerialWaiter(clock, store.serial)
+        return store
+
+    def _lock(self) -> None:
+        lock_file = open(self.serverdir / ".lock", "a")
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock_file.close()
+            raise StoreLocked(f"another devpitx process is using {self.serverdir}") from None
+        self._lock_file = lock_file
+
+    def close(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    def _recover(self) -> None:
+        if self.state.serial > self.journal.last_serial:
+            raise JournalCorrupt(
+                f"state is at serial {self.state.serial} but the journal ends at {self.journal.last_serial}"
+            )
+        replayed = 0
+        for entry in self.journal.entries(self.state.serial + 1):
+            self._apply(entry)
+            replayed += 1
+        if replayed:
+            self.log.info("replayed {count} journal entries up to serial {serial}", count=replayed, serial=self.serial)
+        if self.journal.last_serial >= 0:
+            self.last_commit_at = self.journal.read(self.journal.last_serial).at
+
+    # -- reads ----------------------------------------------------------------------------
+    @property
+    def serial(self) -> int:
+        return self.state.serial
+
+    def now(self) -> float:
+        return self._clock.seconds()
+
+    def get(self, key: str) -> Any | None:
+        return self.state.get(key)
+
+    def children(self, prefix: str) -> Iterable[str]:
+        return self.state.children(prefix)
+
+    def keys_below(self, prefix: str) -> Iterator[str]:
+        return self.state.keys_below(prefix)
+
+    def add_listener(self, listener: CommitListener) -> None:
+        """Called after each commit with (serial, changes); for derived caches."""
+        self._listeners.append(listener)
+
+    # -- writes ---------------------------------------------------------------------------
+    @contextmanager
+    def write(self) -> Iterator[WriteTxn]:
+        if self._broken:
+            raise StoreBroken(self._broken)
+        if self._in_txn:
+            raise RuntimeError("nested write transaction")
+        self._in_txn = True
+        try:
+            tx = WriteTxn(self)
+            yield tx
+            self._commit(tx)
+        finally:
+            self._in_txn = False
+        tx.run_after_commit(tx.serial if tx.serial is not None else self.serial)
+
+    def _commit(self, tx: WriteTxn) -> None:
+        changes = tx.effective_changes()
+        if not changes:
+            tx.serial = self.serial
+            return
+        entry = Entry(serial=self.journal.last_serial + 1, at=tx.at, changes=changes, blobs=tuple(tx.blobs))
+        self._checkpoint("before-journal")
+        try:
+            self.journal.append(entry)
+        except BaseException:
+            if self.journal.path_for(entry.serial).exists():
+                # Published but not confirmed durable: only a restart can tell.
+                self._broken = f"commit of serial {entry.serial} failed after publishing"
+                raise StoreBroken(self._broken) from None
+            raise
+        try:
+            self._checkpoint("after-journal")
+            self._apply(entry)
+        except BaseException as exc:
+            self._broken = f"commit of serial {entry.serial} failed after the journal entry: {exc!r}"
+            raise StoreBroken(self._broken) from exc
+        tx.serial = entry.serial
+        self.last_commit_at = entry.at
+        self.waiter.committed(entry.serial)
+        for listener in self._listeners:
+            listener(entry.serial, changes)
+
+    def _apply(self, entry: Entry) -> None:
+        """Make state/, +files/ and memory reflect ``entry`` (idempotent, used by replay)."""
+        self.state.apply_in_memory(entry.changes)
+        self.state.persist(entry.changes)
+        self._checkpoint("after-state")
+        for key, value in entry.changes.items():
+            if key.startswith("file/"):
+                self._sync_file_link(relpath_of_file_key(key), value)
+        self._checkpoint("after-files")
+        self.state.write_serial(entry.serial)
+
+    def _sync_file_link(self, relpath: str, entry: Any) -> None:
+        sha256 = (entry or {}).get("hashes", {}).get("sha256") if isinstance(entry, dict) else None
+        if sha256 and entry.get("last_modified") and self.blobs.has(sha256):
+            self.blobs.link_relpath(relpath, sha256)
+        else:
+            self.blobs.unlink_relpath(relpath)
+
