@@ -187,9 +187,16 @@ class Store:
         self.state.write_serial(entry.serial)
 
     def _sync_file_link(self, relpath: str, entry: Any) -> None:
-        sha256 = (entry or {}).get("hashes", {}).get("sha256") if isinstance(entry, dict) else None
+        """``+files/<relpath>`` (and ``<relpath>.metadata``) exist iff the entry has content."""
+        entry = entry if isinstance(entry, dict) else {}
+        sha256 = entry.get("hashes", {}).get("sha256")
         if sha256 and entry.get("last_modified") and self.blobs.has(sha256):
             self.blobs.link_relpath(relpath, sha256)
         else:
             self.blobs.unlink_relpath(relpath)
+        metadata_sha256 = entry.get("+core_metadata", {}).get("sha256")
+        if metadata_sha256 and self.blobs.has(metadata_sha256):
+            self.blobs.link_relpath(relpath + ".metadata", metadata_sha256)
+        else:
+            self.blobs.unlink_relpath(relpath + ".metadata")
 
