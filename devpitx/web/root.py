@@ -1,0 +1,150 @@
+"""The web entry point: Site and Request classes, the Klein app, error handlers, common headers.
+
+Request bodies are spooled to the server's ``tmp/`` (same filesystem as the
+blobs, unlinked at once so a crash leaves no trace) and capped by
+``--max-request-body-size``. Twisted's own form parsing is off: uploads are
+parsed from the spooled file in a worker thread.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+from klein import Klein
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource
+from twisted.web.server import Request, Site
+
+from devpitx.version import DEVPI_SERVER_COMPAT_VERSION, HTTP_API_VERSION
+from devpitx.web.errors import ApiError, render_error
+from devpitx.web.negotiate import outside_url
+from devpitx.web.routes import Router
+
+log = Logger(namespace="devpitx.web")
+_SPOOL_IN_MEMORY_BELOW = 100_000
+
+
+class DevpitxSite(Site):
+    """Carries what requests need before any resource runs: limits, spool dir, identity headers."""
+
+    def __init__(self, resource: IResource, *, max_body_bytes: int, tmp_dir: Path,
+                 identity_headers: Callable[[], dict[bytes, bytes]], clock_seconds: Callable[[], float] = time.time,
+                 **kwargs: Any) -> None:
+        super().__init__(resource, requestFactory=DevpitxRequest, **kwargs)
+        self.max_body_bytes = max_body_bytes
+        self.tmp_dir = tmp_dir
+        self.identity_headers = identity_headers
+        self.clock_seconds = clock_seconds
+        self.parsePOSTFormSubmission = False
+
+    def log(self, request: Request) -> None:
+        started = getattr(request, "started_at", None)
+        duration_ms = (self.clock_seconds() - started) * 1000 if started else 0.0
+        log.info(
+            '{client} "{method} {uri}" {code} {length} {duration_ms:.1f}ms',
+            client=request.getClientAddress().host if hasattr(request.getClientAddress(), "host") else "-",
+            method=request.method.decode("latin-1"),
+            uri=request.uri.decode("latin-1"),
+            code=request.code,
+            length=request.sentLength,
+            duration_ms=duration_ms,
+        )
+
+
+class DevpitxRequest(Request):
+    _body_bytes = 0
+    _refused = False
+    started_at: float | None = None
+
+    def _site(self) -> DevpitxSite:
+        return cast(DevpitxSite, self.channel.site)
+
+    def gotLength(self, length: int | None) -> None:
+        site = self._site()
+        if length is not None and length > site.max_body_bytes:
+            self._refuse_too_large(length)
+            return
+        if length is not None and length < _SPOOL_IN_MEMORY_BELOW:
+            super().gotLength(length)
+            return
+        # Unnamed temporary file in the server's tmp/: nothing survives a crash,
+        # and the upload path can copy it within one filesystem.
+        self.content = tempfile.TemporaryFile(dir=site.tmp_dir, prefix="body-")
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self._refused:
+            return
+        self._body_bytes += len(data)
+        if self._body_bytes > self._site().max_body_bytes:
+            self._refuse_too_large(self._body_bytes)
+            return
+        super().handleContentChunk(data)
+
+    def _refuse_too_large(self, length: int) -> None:
+        """Answer 413 before the body arrives and drop the connection (no point reading it)."""
+        self._refused = True
+        site = self._site()
+        message = f"request body of {length} bytes exceeds the limit of {site.max_body_bytes} bytes"
+        body = ('{"message": "%s"}' % message).encode()
+        headers = b"".join(name + b": " + value + b"\r\n" for name, value in site.identity_headers().items())
+        transport = self.channel.transport
+        transport.write(
+            b"HTTP/1.1 413 Request Entity Too Large\r\n" + headers
+            + b"Content-Type: application/json\r\nConnection: close\r\n"
+            + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+        )
+        transport.loseConnection()
+        self.content = tempfile.TemporaryFile(dir=site.tmp_dir)  # swallow anything still in flight
+
+    def process(self) -> None:
+        if self._refused:
+            return
+        site = self._site()
+        self.started_at = site.clock_seconds()
+        for name, value in site.identity_headers().items():
+            self.setHeader(name, value)
+        super().process()
+
+
+def make_app(router: Router, configured_outside_url: str | None) -> Klein:
+    app = Klein()
+
+    @app.route("/", branch=True, strict_slashes=False)
+    def dispatch(request: IRequest) -> Any:
+        path = request.path.decode("latin-1")
+        prefix = outside_url(request, configured_outside_url).prefix
+        if prefix and (path == prefix or path.startswith(prefix + "/")):
+            path = path[len(prefix):] or "/"
+        handler, params = router.resolve(request, path)
+        result = handler(request, **params)
+        if isinstance(result, bytes):
+            return finish_bytes(request, result)
+        if isinstance(result, Deferred) or hasattr(result, "__await__"):
+            d = Deferred.fromCoroutine(result) if not isinstance(result, Deferred) else result
+            return d.addCallback(lambda body: finish_bytes(request, body) if isinstance(body, bytes) else body)
+        return result
+
+    @app.handle_errors(ApiError)
+    def api_error(request: IRequest, failure: Failure) -> bytes:
+        err = cast(ApiError, failure.value)
+        return finish_bytes(request, render_error(request, err.code, err.message, err.shape, err.headers))
+
+    @app.handle_errors(Exception)
+    def crash(request: IRequest, failure: Failure) -> bytes:
+        log.failure("unhandled error in {method} {uri}", failure,
+                    method=request.method.decode("latin-1"), uri=request.uri.decode("latin-1"))
+        return finish_bytes(request, render_error(request, 500, "internal server error", "framework"))
+
+    return app
+
+
+def finish_bytes(request: IRequest, body: bytes) -> bytes:
+    """Every complete body gets a Content-Length (no chunked encoding, correct HEAD)."""
+    request.setHeader(b"content-length", str(len(body)).encode())
+    return body
