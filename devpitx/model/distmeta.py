@@ -32,23 +32,25 @@ def wheel_core_metadata(path: Path, filename: str) -> bytes:
     dist-info directory, that one is used.
     """
     try:
-        with zipfile.ZipFile(path) as archive:
-            dist_info = _find_dist_info(archive.namelist(), filename)
-            member = f"{dist_info}/METADATA"
-            try:
-                info = archive.getinfo(member)
-            except KeyError:
-                raise ArchiveError(f"{filename}: {member} is missing") from None
-            # The header's file_size is attacker-controlled: bound the actual
+        archive = zipfile.ZipFile(path)
+    except zipfile.BadZipFile as exc:
+        raise ArchiveError(f"{filename}: not a valid zip file ({exc})") from exc
+    with archive:
+        dist_info = _find_dist_info(archive.namelist(), filename)
+        member = f"{dist_info}/METADATA"
+        try:
+            info = archive.getinfo(member)
+        except KeyError:
+            raise ArchiveError(f"{filename}: {member} is missing") from None
+        try:
+            # The header's file_size is the uploader's claim: bound the actual
             # decompressed stream instead.
             with archive.open(info) as stream:
                 data = stream.read(MAX_METADATA_BYTES + 1)
-    except zipfile.BadZipFile as exc:
-        raise ArchiveError(f"{filename}: not a valid zip file ({exc})") from exc
-    except (zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
-        # Corrupt deflate stream, truncated member, unsupported compression,
-        # encrypted member: all mean the upload is not a readable wheel.
-        raise ArchiveError(f"{filename}: cannot read wheel ({exc})") from exc
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+            # Bad CRC, corrupt deflate stream, truncated member, unsupported
+            # compression, encrypted member: not a readable wheel either way.
+            raise ArchiveError(f"{filename}: cannot read {member} ({exc})") from exc
     if len(data) > MAX_METADATA_BYTES:
         raise ArchiveError(f"{filename}: {member} is larger than {MAX_METADATA_BYTES} bytes")
     return data
