@@ -496,6 +496,7 @@ def test_round_trip_property(fields: list[tuple[str, str]], files: list[tuple[st
         assert os.listdir(tmp) == []
 
 
+@pytest.mark.slow
 def test_large_upload_uses_bounded_memory(tmp_path: Path) -> None:
     total_mib = 200
     block = hashlib.sha256(b"seed").digest() * 32768  # 1 MiB, no CR so no delimiter candidates to chase
