@@ -21,7 +21,6 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-from devpitx.version import DEVPI_SERVER_COMPAT_VERSION, HTTP_API_VERSION
 from devpitx.web.errors import ApiError, render_error
 from devpitx.web.negotiate import outside_url
 from devpitx.web.routes import Router
@@ -105,18 +104,23 @@ class DevpitxRequest(Request):
     def process(self) -> None:
         if self._refused:
             return
-        site = self._site()
-        self.started_at = site.clock_seconds()
-        for name, value in site.identity_headers().items():
-            self.setHeader(name, value)
+        self.started_at = self._site().clock_seconds()
         super().process()
 
 
-def make_app(router: Router, configured_outside_url: str | None) -> Klein:
+def set_serial(request: IRequest, serial: int) -> None:
+    """A write reports the serial it committed (http-api.md §1.2)."""
+    request.setHeader(b"X-Devpi-Serial", str(serial).encode())
+
+
+def make_app(router: Router, configured_outside_url: str | None,
+             identity_headers: Callable[[], dict[bytes, bytes]]) -> Klein:
     app = Klein()
 
     @app.route("/", branch=True, strict_slashes=False)
     def dispatch(request: IRequest) -> Any:
+        for name, value in identity_headers().items():
+            request.setHeader(name, value)
         path = request.path.decode("latin-1")
         prefix = outside_url(request, configured_outside_url).prefix
         if prefix and (path == prefix or path.startswith(prefix + "/")):

@@ -1,0 +1,58 @@
+"""Administrative commands that run without a reactor: init (and, later, import/export/passwd/fsck).
+
+They open the store directly and exit; a running server holds the store lock,
+so they refuse to touch a directory in use.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from twisted.internet.task import Clock
+
+from devpitx.auth.passwords import hash_password
+from devpitx.auth.secret import write_new_secret_file
+from devpitx.model.ixconfig import root_pypi_config
+from devpitx.model.users import new_user_record
+from devpitx.storage import nodeinfo
+from devpitx.storage.keys import index_key, user_key
+from devpitx.storage.nodeinfo import NodeInfo
+from devpitx.storage.store import Store
+
+SECRET_FILE = ".secret"
+
+
+class WallClock(Clock):
+    """A Clock that reads real time: admin commands have no reactor but need timestamps."""
+
+    def seconds(self) -> float:
+        import time
+        return time.time()
+
+
+def init_serverdir(serverdir: Path, *, root_password: str = "", root_pwhash: str | None = None,
+                   no_root_pypi: bool = False, hasher: Callable[[str], str] = hash_password,
+                   make_secret: bool = True) -> NodeInfo:
+    """Create a server directory with root (and root/pypi) as serial 0 (model.md §8).
+
+    ``.nodeinfo`` is written last: a directory interrupted before that is not
+    initialised, and init can simply be run again after removing it.
+    """
+    info = nodeinfo.prepare_new(serverdir)
+    if make_secret and not (serverdir / SECRET_FILE).exists():
+        write_new_secret_file(serverdir / SECRET_FILE)
+    store = Store.open(serverdir, WallClock())
+    try:
+        if store.serial >= 0:
+            raise nodeinfo.ServerDirError(
+                f"The path '{serverdir}' already holds journal entries but no node info; remove it and retry."
+            )
+        pwhash = root_pwhash or hasher(root_password)
+        with store.write() as tx:
+            tx.set(user_key("root"), new_user_record(pwhash, {}, tx.at))
+            if not no_root_pypi:
+                tx.set(index_key("root", "pypi"), root_pypi_config())
+    finally:
+        store.close()
+    nodeinfo.save(serverdir, info)
+    return info

@@ -1,0 +1,83 @@
+"""Server: the collaborators of one running devpitx, and the web resource built on them.
+
+Created once by ``cli/tap.makeService`` (or by tests with fakes): everything
+below receives its clock, runners and store from here instead of importing
+the reactor.
+"""
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.resource import IResource
+
+from devpitx.auth.passwords import Passwords
+from devpitx.auth.tokens import LoginTokens
+from devpitx.config import Config
+from devpitx.runtime import RunBlocking
+from devpitx.storage.nodeinfo import NodeInfo
+from devpitx.storage.store import Store
+from devpitx.version import DEVPI_SERVER_COMPAT_VERSION, HTTP_API_VERSION
+from devpitx.web.identity import RequestIdentity
+from devpitx.web.root import DevpitxSite, make_app
+from devpitx.web.routes import Router
+
+
+class Server:
+    def __init__(self, config: Config, store: Store, node: NodeInfo, *, clock: IReactorTime,
+                 run_disk: RunBlocking, passwords: Passwords, login_tokens: LoginTokens,
+                 http: Any = None) -> None:
+        self.config = config
+        self.store = store
+        self.node = node
+        self.clock = clock
+        self.run_disk = run_disk
+        self.passwords = passwords
+        self.login_tokens = login_tokens
+        self.http = http
+        self.started_at = clock.seconds()
+        self.identity = RequestIdentity(store, passwords, login_tokens, clock, config.restrict_modify)
+        self.router = Router()
+        self._install_areas()
+
+    def _install_areas(self) -> None:
+        # Imported here: each area module imports model code, and tests may
+        # build a Server with only some areas present during development.
+        from devpitx.web import areas
+        for area in areas.build_all(self):
+            area.install(self.router)
+
+    @property
+    def primary_uuid(self) -> str:
+        if self.node.role == "replica":
+            return self.node.primary_uuid or ""
+        return self.node.uuid
+
+    def identity_headers(self) -> dict[bytes, bytes]:
+        """The headers devpi-server puts on every response (http-api.md §1.2)."""
+        primary = self.primary_uuid.encode()
+        return {
+            b"X-Devpi-Api-Version": HTTP_API_VERSION.encode(),
+            b"X-Devpi-Server-Version": DEVPI_SERVER_COMPAT_VERSION.encode(),
+            b"X-Devpi-Uuid": self.node.uuid.encode(),
+            b"X-Devpi-Primary-Uuid": primary,
+            b"X-Devpi-Master-Uuid": primary,
+            b"X-Devpi-Serial": str(self.store.serial).encode(),
+        }
+
+    def resource(self) -> IResource:
+        return make_app(self.router, self.config.outside_url, self.identity_headers).resource()
+
+    def site(self) -> DevpitxSite:
+        return DevpitxSite(
+            self.resource(),
+            max_body_bytes=self.config.max_request_body_bytes,
+            tmp_dir=self.store.blobs.tmp_dir,
+            identity_headers=self.identity_headers,
+            clock_seconds=self.clock.seconds,
+        )
+
+
+def hostname() -> str:
+    return socket.gethostname()
