@@ -90,6 +90,9 @@ def match_route(request: IRequest, method: str, segments: list[str], trailing: b
         return Match("projects.version", {"user": s[0], "index": s[1], "project": s[2], "version": s[3]})
     installer_get = method in ("GET", "HEAD") and is_installer(request)
     if n == 2:
+        if method in ("POST", "PUSH"):
+            # Upload forms and pushes (http-api.md §3.8) share the index URL.
+            return Match("upload.post", {"user": s[0], "index": s[1]})
         if installer_get:
             return Match("simple.installer_list", {"user": s[0], "index": s[1]})
         return Match("indexes.index", {"user": s[0], "index": s[1]})
