@@ -43,7 +43,10 @@ class ProcessPoolRunner:
             executor = self._pool()
             future = executor.submit(fn, *args, **kwargs)
 
-        d: Deferred[R] = Deferred(lambda _d: future.cancel())
+        def cancel(_d: Deferred[R]) -> None:
+            future.cancel()     # only stops it if it is still queued; a running call finishes
+
+        d: Deferred[R] = Deferred(cancel)
         # The done-callback runs on the executor's management thread (or right
         # here when the future is already done): hop to the reactor thread.
         future.add_done_callback(

@@ -33,7 +33,8 @@ def test_basic_scheme_is_case_insensitive_and_whitespace_tolerant() -> None:
 
 
 def test_x_devpi_auth_surrounding_whitespace_ignored() -> None:
-    assert extract_credentials(b" \t" + b64("alice:pw") + b"\r\n", None) == Credentials("alice", "pw")
+    found = extract_credentials(b" \t" + b64("alice:pw") + b"\r\n", None)
+    assert found == Credentials("alice", "pw")
 
 
 def test_x_devpi_auth_preferred_over_basic() -> None:
@@ -57,7 +58,8 @@ def test_empty_secret_is_credentials() -> None:
 
 
 def test_utf8_decoding() -> None:
-    assert extract_credentials(b64("jürgen:pässword"), None) == Credentials("jürgen", "pässword")
+    found = extract_credentials(b64("jürgen:pässword"), None)
+    assert found == Credentials("jürgen", "pässword")
 
 
 def test_latin1_fallback() -> None:

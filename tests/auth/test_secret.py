@@ -229,7 +229,7 @@ class ChildCounter:
             self.inputs.append(kwargs.get("input", b""))
             return real_run(args, **kwargs)
 
-        monkeypatch.setattr(secret_module.subprocess, "run", counting_run)
+        monkeypatch.setattr(subprocess, "run", counting_run)
 
 
 def test_cached_derivation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

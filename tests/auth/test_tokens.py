@@ -205,6 +205,7 @@ def test_interoperates_with_the_reference_serializer() -> None:
     reference = TimedSerializer(KEY)
     now = time.time()
     theirs = reference.dumps(["alice", ["dev"], True])
+    assert isinstance(theirs, str)
     assert LoginTokens(KEY).check(theirs, "alice", now) == TokenIdentity("alice", ("dev",), True)
     ours = LoginTokens(KEY).issue("alice", ["dev"], True, now)
     assert reference.loads(ours, max_age=10) == ["alice", ["dev"], True]
