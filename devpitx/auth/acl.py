@@ -29,6 +29,7 @@ INDEX_PERMISSIONS = frozenset({
 PERMISSIONS = GLOBAL_PERMISSIONS | INDEX_PERMISSIONS
 
 _NOBODY: frozenset[str] = frozenset()
+_SYSTEM_PRINCIPALS = frozenset({EVERYONE, AUTHENTICATED})
 
 
 @dataclass(frozen=True)
@@ -60,14 +61,21 @@ def principals(identity: Identity) -> frozenset[str]:
                       *(f":{group}" for group in identity.groups)})
 
 
-def ace_principal(ace: str) -> str:
-    """The principal an index ACL entry names (``:ANONYMOUS:`` includes everybody)."""
-    special = ace.strip().upper()
+def ace_principal(ace: str) -> str | None:
+    """The principal an index ACL entry names (``:ANONYMOUS:`` includes everybody).
+
+    None for an entry that must match nobody: a user literally named
+    "Everyone" or "Authenticated" would otherwise open the index to all.
+    """
+    name = ace.strip()
+    special = name.upper()
     if special == _ACE_ANONYMOUS:
         return EVERYONE
     if special == _ACE_AUTHENTICATED:
         return AUTHENTICATED
-    return ace.strip()    # ":group" or a user name, both used verbatim
+    if not name or name in _SYSTEM_PRINCIPALS:
+        return None
+    return name         # ":group" or a user name, both used verbatim
 
 
 def has_permission(permission: str, identity: Identity, *, url_user: str | None,
@@ -148,8 +156,11 @@ def _aces(entries: object) -> frozenset[str]:
     # A malformed ACL (not a list of strings) grants nothing rather than crash a request.
     if not isinstance(entries, (list, tuple)):
         return _NOBODY
-    return frozenset(ace_principal(e) for e in entries if isinstance(e, str) and e.strip())
+    found = (ace_principal(e) for e in entries if isinstance(e, str))
+    return frozenset(p for p in found if p is not None)
 
 
 def _restrict_set(restrict_modify: Iterable[str]) -> frozenset[str]:
-    return frozenset(p.strip() for p in restrict_modify if p.strip())
+    # Names and ":group"s only; like ACL entries, they never name a system principal.
+    names = (p.strip() for p in restrict_modify)
+    return frozenset(p for p in names if p and p not in _SYSTEM_PRINCIPALS)

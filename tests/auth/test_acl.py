@@ -58,7 +58,17 @@ def test_ace_principal() -> None:
     assert ace_principal(":AUTHENTICATED:") == AUTHENTICATED
     assert ace_principal(":developer") == ":developer"
     assert ace_principal("alice") == "alice"
-    assert ace_principal("Everyone") == "Everyone"      # a user of that name, by the same string
+    assert ace_principal(" bob ") == "bob"
+    # Entries spelling a system principal match nobody instead of everybody.
+    assert ace_principal("Everyone") is None
+    assert ace_principal("Authenticated") is None
+    assert ace_principal("  ") is None
+
+
+def test_system_principal_names_in_acls_grant_nothing() -> None:
+    config = {"type": "stage", "acl_upload": ["Everyone", "Authenticated"]}
+    assert granted("upload", index_config=config) == set()
+    assert granted("user_create", restrict_modify=["Everyone", "Authenticated"]) == set()
 
 
 # --- global ACL, without --restrict-modify (§7.1) ---------------------------------------
