@@ -1,0 +1,70 @@
+"""The ``devpitx`` console command: ``init`` and ``serve`` (more admin commands to come).
+
+``devpitx serve ARGS`` is exactly ``twistd --nodaemon devpitx ARGS``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from devpitx.config import DEFAULT_SERVERDIR
+from devpitx.version import DEVPI_SERVER_COMPAT_VERSION, DEVPITX_VERSION
+
+
+def fatal(message: str) -> int:
+    print(f"fatal: {message}", file=sys.stderr)
+    return 1
+
+
+def cmd_init(argv: list[str]) -> int:
+    from devpitx.cli.admin import init_serverdir
+    from devpitx.storage.nodeinfo import ServerDirError
+    from devpitx.storage.store import StoreLocked
+
+    parser = argparse.ArgumentParser(prog="devpitx init", description="initialise a new server directory")
+    parser.add_argument("--serverdir", default=os.environ.get("DEVPISERVER_SERVERDIR") or DEFAULT_SERVERDIR)
+    parser.add_argument("--no-root-pypi", action="store_true", help="don't create the root/pypi mirror index")
+    parser.add_argument("--root-passwd", default="", help="initial root password (default: empty)")
+    parser.add_argument("--root-passwd-hash", default=None, help="initial root password hash")
+    parser.add_argument("--root-passwd-from-stdin", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--role", default="standalone", choices=["standalone", "primary", "auto"])
+    args = parser.parse_args(argv)
+    password = sys.stdin.read() if args.root_passwd_from_stdin else args.root_passwd
+    serverdir = Path(os.path.expanduser(args.serverdir)).absolute()
+    try:
+        init_serverdir(serverdir, root_password=password, root_pwhash=args.root_passwd_hash,
+                       no_root_pypi=args.no_root_pypi)
+    except (ServerDirError, StoreLocked) as exc:
+        return fatal(str(exc))
+    print(f"initialised {serverdir}")
+    return 0
+
+
+def cmd_serve(argv: list[str]) -> int:
+    from twisted.scripts.twistd import run
+
+    sys.argv = ["twistd", "--nodaemon", "--pidfile=", "devpitx", *argv]
+    run()
+    return 0
+
+
+COMMANDS = {"init": cmd_init, "serve": cmd_serve}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "--version":
+        print(f"devpitx {DEVPITX_VERSION}")
+        print(DEVPI_SERVER_COMPAT_VERSION)
+        return 0
+    if not args or args[0] in ("-h", "--help") or args[0] not in COMMANDS:
+        print("usage: devpitx {init,serve} [options]   (devpitx COMMAND --help for options)",
+              file=sys.stderr if args and args[0] not in ("-h", "--help") else sys.stdout)
+        return 0 if args and args[0] in ("-h", "--help") else 2
+    return COMMANDS[args[0]](args[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

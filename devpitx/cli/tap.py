@@ -1,0 +1,169 @@
+"""``twistd devpitx``: command-line options and makeService, the one place where everything is wired.
+
+Storage is opened (locked, recovered) and the secret checked inside
+makeService, so a broken directory fails before anything listens.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.logger import Logger
+from twisted.python import usage
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from devpitx.config import DEFAULT_SERVERDIR, Config
+from devpitx.version import DEVPI_SERVER_COMPAT_VERSION, DEVPITX_VERSION
+
+log = Logger(namespace="devpitx.cli.tap")
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = "Serve private Python package indexes and a PyPI mirror (devpi-server compatible)."
+    optParameters = [
+        ["serverdir", None, DEFAULT_SERVERDIR, "server directory (initialised on first start)"],
+        ["host", None, "localhost", "listen address"],
+        ["port", None, "3141", "listen port"],
+        ["outside-url", None, None, "externally visible base URL (scheme, host, optional path prefix)"],
+        ["secretfile", None, None, "file with the secret that signs login tokens (default: <serverdir>/.secret)"],
+        ["max-request-body-size", None, "1073741824", "largest accepted request body in bytes (413 above)"],
+        ["argon2-memory-cost", None, "524288", "argon2 memory cost (KiB) of the token key derivation"],
+        ["argon2-parallelism", None, "8", "argon2 parallelism of the token key derivation"],
+        ["argon2-time-cost", None, "16", "argon2 time cost of the token key derivation"],
+        ["restrict-modify", None, None, "comma list of users and :groups allowed to create/modify users and indexes"],
+        ["root-passwd", None, "", "initial root password when initialising a new server directory"],
+        ["root-passwd-hash", None, None, "initial root password hash when initialising"],
+        ["mirror-cache-expiry", None, "1800", "default seconds before mirrored project pages are revalidated"],
+        ["request-timeout", None, "5", "timeout in seconds for upstream requests"],
+        ["threads", None, "4", "size of the pool for blocking work (disk, hashing)"],
+        ["role", None, "auto", "auto, standalone, primary or replica"],
+        ["storage", None, None, "storage backend (accepted for compatibility: only the default exists)"],
+        ["keyfs-cache-size", None, None, "accepted for compatibility; unused"],
+        ["connection-limit", None, None, "accepted for compatibility; unused"],
+    ]
+    optFlags = [
+        ["debug", None, "debug logging"],
+        ["no-root-pypi", None, "do not create root/pypi when initialising"],
+        ["absolute-urls", None, "absolute links in simple pages"],
+        ["offline-mode", None, "never contact upstream indexes"],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, value: str) -> None:
+        """Listen on a Twisted endpoint string (tcp:3141:interface=127.0.0.1) or HOST:PORT; repeatable."""
+        self["listen"].append(value)
+
+    def opt_version(self) -> None:
+        """Print the version (last line: the devpi-server feature level served) and exit."""
+        print(f"devpitx {DEVPITX_VERSION}")
+        print(DEVPI_SERVER_COMPAT_VERSION)
+        sys.exit(0)
+
+    def postOptions(self) -> None:
+        storage = self["storage"]
+        if storage and storage.split(":")[0] not in ("sqlite", "fs", "devpitx"):
+            raise usage.UsageError(f"The backend '{storage.split(':')[0]}' can't be found, is the plugin not installed?")
+
+
+@implementer(IStreamServerEndpoint)
+class AnnouncingEndpoint:
+    """Logs the address actually bound (port 0 in tests) so that callers can find it."""
+
+    def __init__(self, wrapped: IStreamServerEndpoint) -> None:
+        self._wrapped = wrapped
+
+    def listen(self, factory: Any) -> Deferred[IListeningPort]:
+        def announce(port: IListeningPort) -> IListeningPort:
+            address = port.getHost()
+            log.info("listening on {listening_host}:{listening_port}",
+                     listening_host=getattr(address, "host", str(address)),
+                     listening_port=getattr(address, "port", 0))
+            return port
+        return self._wrapped.listen(factory).addCallback(announce)
+
+
+class StoreService(Service):
+    """Closes the store (releases its lock) when the application stops."""
+
+    def __init__(self, close: Any) -> None:
+        self._close = close
+
+    def stopService(self) -> Any:
+        super().stopService()
+        self._close()
+
+
+def initialise_in_child(config: Config) -> None:
+    """Run ``devpitx init`` in a child process: hashing the root password with the reference
+    argon2 parameters takes 100 MiB, which should not stay in the server's peak RSS."""
+    command = [sys.executable, "-m", "devpitx.cli.main", "init", "--serverdir", str(config.serverdir),
+               "--root-passwd-from-stdin"]
+    if config.no_root_pypi:
+        command.append("--no-root-pypi")
+    if config.root_passwd_hash:
+        command += ["--root-passwd-hash", config.root_passwd_hash]
+    result = subprocess.run(command, input=config.root_passwd.encode(), capture_output=True)
+    if result.returncode != 0:
+        raise SystemExit(result.stderr.decode(errors="replace").strip() or "initialisation failed")
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor  # the only module that names the reactor
+
+    from devpitx.auth.passwords import Passwords
+    from devpitx.auth.processpool import ProcessPoolRunner
+    from devpitx.auth.secret import Argon2Params, SecretError, derive_keys_cached, read_secret_file
+    from devpitx.auth.tokens import LoginTokens
+    from devpitx.runtime import ThreadPoolService
+    from devpitx.server import Server
+    from devpitx.storage import nodeinfo
+    from devpitx.storage.store import Store, StoreLocked
+
+    config = Config.from_options(options)
+    try:
+        nodeinfo.refuse_foreign(config.serverdir) if config.serverdir.exists() else None
+        if not nodeinfo.is_initialised(config.serverdir):
+            initialise_in_child(config)
+        node = nodeinfo.load(config.serverdir)
+        store = Store.open(config.serverdir, reactor)
+    except (nodeinfo.ServerDirError, StoreLocked) as exc:
+        raise SystemExit(f"fatal: {exc}") from None
+    try:
+        secret_path = config.secretfile or config.serverdir / ".secret"
+        secret = read_secret_file(secret_path)
+        keys = derive_keys_cached(secret, Argon2Params(config.argon2_memory_cost, config.argon2_parallelism,
+                                                       config.argon2_time_cost), config.serverdir / "cache")
+    except SecretError as exc:
+        store.close()
+        raise SystemExit(f"fatal: {exc}") from None
+
+    top = MultiService()
+    StoreService(store.close).setServiceParent(top)
+    disk = ThreadPoolService(ThreadPool(minthreads=0, maxthreads=config.threads, name="devpitx-disk"))
+    disk.setServiceParent(top)
+    argon = ProcessPoolRunner(reactor, max_workers=1)
+    reactor.addSystemEventTrigger("after", "shutdown", argon.shutdown)
+    server = Server(config, store, node, clock=reactor, run_disk=disk.runner(reactor),
+                    passwords=Passwords(argon, clock=reactor), login_tokens=LoginTokens(keys.auth_key))
+    site = server.site()
+    for description in config.listen:
+        web = strports.service(description, site, reactor=reactor)
+        web.endpoint = AnnouncingEndpoint(web.endpoint)
+        web.setServiceParent(top)
+    log.info("devpitx {version} serving {serverdir} at serial {serial}",
+             version=DEVPITX_VERSION, serverdir=str(config.serverdir), serial=store.serial)
+    return top
+
+
+
