@@ -30,9 +30,12 @@ class Entry:
     blobs: tuple[str, ...]
 
     def to_bytes(self) -> bytes:
+        # Key order is kept as committed (no sort_keys): replay must rebuild
+        # values exactly as the committing process holds them in memory and
+        # wrote them to state/, or responses would change across a restart.
         return json.dumps(
             {"serial": self.serial, "at": self.at, "changes": self.changes, "blobs": list(self.blobs)},
-            separators=(",", ":"), sort_keys=True, ensure_ascii=False,
+            separators=(",", ":"), ensure_ascii=False,
         ).encode()
 
     @classmethod
