@@ -85,7 +85,11 @@ class Journal:
         """Entries with start <= serial <= stop (default: the last one)."""
         last = self.last_serial if stop is None else min(stop, self.last_serial)
         for serial in range(max(start, 0), last + 1):
-            yield self.read(serial)
+            try:
+                yield self.read(serial)
+            except KeyError:
+                # Below last_serial every serial must exist: this is a gap, not a lookup miss.
+                raise JournalCorrupt(f"journal entry {serial} is missing (gap before {last})") from None
 
     def remove_stray_tmp_files(self) -> list[Path]:
         removed = []
