@@ -172,6 +172,16 @@ def store_file(tx: WriteTxn, user: str, index: str, project: str, version: str, 
     return relpath
 
 
+def same_named_link(view: Any, user: str, index: str, project: str, version: str, basename: str,
+                    rel: str) -> dict[str, Any] | None:
+    """The link a new file of this name would replace (for checks before any bytes are stored)."""
+    versiondata = view.get(version_key(user, index, project, version))
+    for link in _links(versiondata or {}):
+        if link["rel"] == rel and link["entrypath"].rsplit("/", 1)[-1] == basename:
+            return link
+    return None
+
+
 def doczip_basename(project: str, version: str) -> str:
     return f"{project}-{version}.doc.zip"
 

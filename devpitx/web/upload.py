@@ -17,8 +17,8 @@ from twisted.web.iweb import IRequest
 from devpitx.model.distmeta import ArchiveError, wheel_core_metadata
 from devpitx.model.names import normalize_project_name, safe_filename_problem
 from devpitx.model.releases import (
-    ReleaseError, StoredBlob, doc_version, doczip_basename, metadata_from_form, register, store_file,
-    validate_metadata,
+    ReleaseError, StoredBlob, doc_version, doczip_basename, metadata_from_form, register, same_named_link,
+    store_file, validate_metadata,
 )
 from devpitx.model.versions import filename_contains_version, filename_matches_project, is_valid_archive_name
 from devpitx.storage.keys import index_key
@@ -117,12 +117,19 @@ class Routes:
             raise SubmitError(400, f"filename '{filename}' does not match project name '{name}'")
         validate_metadata(metadata)
         check_digests(form, content)
-        core_metadata_sha256 = None
+        metadata_bytes = None
         if filename.lower().endswith(".whl"):
             try:
                 metadata_bytes = await self._run_disk(wheel_core_metadata, content.path, filename)
             except ArchiveError as exc:
                 raise SubmitError(400, f"invalid wheel '{filename}': {exc}") from None
+        ixconfig = self._require_stage(self._store, user, index)
+        if self._refuse_existing(user, index, normalize_project_name(name), version, filename, "releasefile",
+                                 content.sha256, ixconfig):
+            return _message(request, "Upload of identical file to non volatile index.")
+        # Only now, with every check passed, do bytes enter the blob store.
+        core_metadata_sha256 = None
+        if metadata_bytes is not None:
             core_metadata_sha256 = await self._run_disk(self._store.blobs.put_bytes, metadata_bytes)
         await self._run_disk(self._store.blobs.adopt, content.path, content.sha256)
         blob = StoredBlob(content.sha256, content.size, core_metadata_sha256)
@@ -137,6 +144,20 @@ class Routes:
         self.log.info("stored {relpath} for {who}", relpath=relpath, who=who)
         return b""
 
+    def _refuse_existing(self, user: str, index: str, project: str, version: str, basename: str, rel: str,
+                         sha256: str, ixconfig: dict[str, Any]) -> bool:
+        """True if an identical file exists on a non-volatile index; 409 if a different one does.
+
+        Checked before storing any bytes; the transaction checks again."""
+        if ixconfig.get("volatile", True):
+            return False
+        link = same_named_link(self._store, user, index, project, version, basename, rel)
+        if link is None:
+            return False
+        if link["hashes"].get("sha256") == sha256:
+            return True
+        raise SubmitError(409, f"{basename} already exists in non-volatile index")
+
     async def _doc_upload(self, request: IRequest, user: str, index: str, form: ParsedForm,
                           metadata: dict[str, Any], content: UploadedFile, who: str | None) -> bytes:
         name = form.first("name")
@@ -144,11 +165,15 @@ class Routes:
             raise SubmitError(400, "name field not found")
         project = normalize_project_name(name)
         check_digests(form, content)
+        version = form.first("version") or ""
+        ixconfig = self._require_stage(self._store, user, index)
+        if version and self._refuse_existing(user, index, project, version, doczip_basename(project, version),
+                                             "doczip", content.sha256, ixconfig):
+            return _message(request, "Upload of identical file to non volatile index.")
         await self._run_disk(self._store.blobs.adopt, content.path, content.sha256)
         blob = StoredBlob(content.sha256, content.size)
         with self._store.write() as tx:
             ixconfig = self._require_stage(tx, user, index)
-            version = form.first("version") or ""
             if version:
                 project, version = register(tx, user, index, metadata, full=False)
             else:
