@@ -18,6 +18,7 @@ AREA_MODULES = (
     "devpitx.web.simple",
     "devpitx.web.files",
     "devpitx.web.upload",
+    "devpitx.web.changelog",
 )
 
 
