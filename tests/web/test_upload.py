@@ -278,12 +278,3 @@ class BodyLimitTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         self.assertEqual(os.listdir(server.store.blobs.tmp_dir), [])
 
-
-class ChangelogTests(SynchronousTestCase):
-    def test_standalone_refuses_replication(self) -> None:
-        server = make_test_server(self.mktemp())
-        http = stub_client(server)
-        for path in ("/+changelog/0", "/+changelog/0-"):
-            response = self.successResultOf(http.get(f"{BASE}{path}"))
-            self.assertEqual(response.code, 403)
-            self.assertIn(b"Replication protocol disabled", self.successResultOf(response.content()))
