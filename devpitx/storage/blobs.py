@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from devpitx.storage.atomic import fsync_dir
+from devpitx.storage.atomic import fsync_dir, tmp_name_for
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 COPY_CHUNK_BYTES = 1024 * 1024
@@ -114,14 +114,20 @@ class BlobStore:
         except FileNotFoundError:
             pass
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp")
+        tmp = tmp_name_for(target)
         tmp.unlink(missing_ok=True)
-        os.link(blob, tmp)
-        os.replace(tmp, target)
+        try:
+            os.link(blob, tmp)
+            os.replace(tmp, target)
+        finally:
+            # Nothing on open sweeps +files/ (it can be huge): never leave the tmp name behind.
+            tmp.unlink(missing_ok=True)
 
     def unlink_relpath(self, relpath: str) -> None:
         target = self.relpath_path(relpath)
         target.unlink(missing_ok=True)
+        # A link_relpath of this relpath killed between link and rename left its tmp name.
+        tmp_name_for(target).unlink(missing_ok=True)
         # Empty hash directories would pile up as files come and go.
         parent = target.parent
         while parent != self.files_root:
