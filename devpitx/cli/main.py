@@ -50,7 +50,32 @@ def cmd_serve(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"init": cmd_init, "serve": cmd_serve}
+def cmd_fsck(argv: list[str]) -> int:
+    from devpitx.storage.fsck import check
+    from devpitx.storage.store import StoreLocked
+
+    parser = argparse.ArgumentParser(prog="devpitx fsck", description="check a stopped server directory")
+    parser.add_argument("--serverdir", default=os.environ.get("DEVPISERVER_SERVERDIR") or DEFAULT_SERVERDIR)
+    parser.add_argument("--checksum", dest="checksums", action="store_true", default=True)
+    parser.add_argument("--no-checksum", dest="checksums", action="store_false")
+    args = parser.parse_args(argv)
+    serverdir = Path(os.path.expanduser(args.serverdir)).absolute()
+    try:
+        report = check(serverdir, checksums=args.checksums, progress=print)
+    except StoreLocked as exc:
+        return fatal(str(exc))
+    for problem in report.problems[:9]:
+        print(problem)
+    if len(report.problems) > 9:
+        print(f"... and {len(report.problems) - 9} more problems")
+    print(f"checked {report.entries} journal entries, {report.keys} keys, {report.files} files "
+          f"({report.blobs_checked} checksums)")
+    if not report.ok:
+        return fatal("There have been errors during consistency check.")
+    return 0
+
+
+COMMANDS = {"init": cmd_init, "serve": cmd_serve, "fsck": cmd_fsck}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         print(DEVPI_SERVER_COMPAT_VERSION)
         return 0
     if not args or args[0] in ("-h", "--help") or args[0] not in COMMANDS:
-        print("usage: devpitx {init,serve} [options]   (devpitx COMMAND --help for options)",
+        print("usage: devpitx {init,serve,fsck} [options]   (devpitx COMMAND --help for options)",
               file=sys.stderr if args and args[0] not in ("-h", "--help") else sys.stdout)
         return 0 if args and args[0] in ("-h", "--help") else 2
     return COMMANDS[args[0]](args[1:])
