@@ -30,6 +30,11 @@ def cmd_init(argv: list[str]) -> int:
     parser.add_argument("--root-passwd-hash", default=None, help="initial root password hash")
     parser.add_argument("--root-passwd-from-stdin", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--role", default="standalone", choices=["standalone", "primary", "auto"])
+    # Accepted like devpi-init does, so deployment scripts can pass the same options to
+    # every command; init derives no keys, so they have no effect here.
+    for option in ("--argon2-memory-cost", "--argon2-parallelism", "--argon2-time-cost", "--storage",
+                   "--keyfs-cache-size", "--secretfile"):
+        parser.add_argument(option, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     password = sys.stdin.read() if args.root_passwd_from_stdin else args.root_passwd
     serverdir = Path(os.path.expanduser(args.serverdir)).absolute()
