@@ -78,7 +78,7 @@ class WriteTxn:
 
     # -- used by Store --------------------------------------------------------------------
     def effective_changes(self) -> dict[str, Any]:
-        return {k: v for k, v in self._changes.items() if v != self._store.get(k)}
+        return {k: v for k, v in self._changes.items() if not _same_json(v, self._store.get(k))}
 
     @property
     def blobs(self) -> Iterable[str]:
@@ -87,3 +87,15 @@ class WriteTxn:
     def run_after_commit(self, serial: int) -> None:
         for callback in self._after_commit:
             callback(serial)
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """Equality of JSON values that tells ``true`` from ``1`` and ``1`` from ``1.0``.
+
+    ``==`` does not, but their JSON texts differ: such a change must be journaled.
+    """
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same_json(v, b[k]) for k, v in a.items())
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(_same_json, a, b))
+    return type(a) is type(b) and a == b
