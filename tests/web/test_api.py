@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,10 +49,16 @@ class ServerTestCase(SynchronousTestCase):
         options: dict[str, Any] = {}
         if self.restrict_modify is not None:
             options["restrict_modify"] = self.restrict_modify
-        self.server: Server = make_test_server(self.mktemp(), clock=self.clock,
+        self.server: Server = make_test_server(self.temp_dir(), clock=self.clock,
                                                root_password=self.root_password, **options)
         self.http = stub_client(self.server)
         self.addCleanup(self.server.store.close)
+
+    def temp_dir(self) -> str:
+        # Not trial's mktemp(): that leaves directories in the working directory.
+        path = tempfile.mkdtemp(prefix="devpitx-test-")
+        self.addCleanup(shutil.rmtree, path, ignore_errors=True)
+        return path
 
     def request(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
                 auth: tuple[str, str] | None = None, basic: tuple[str, str] | None = None,
