@@ -199,7 +199,8 @@ def parse_user_patch(body: Any) -> UserUpdate:
                       pwhash=_parse_pwhash(body.get("pwhash")), info=_parse_info(body))
 
 
-def create_user(tx: WriteTxn, name: str, pwhash: str | None, info: Mapping[str, Any], now: float) -> dict[str, Any]:
+def create_user(tx: WriteTxn, name: str, pwhash: str | None, info: Mapping[str, Any],
+                now: float) -> dict[str, Any]:
     """Store a new user record; ``pwhash`` None makes a user that cannot log in locally."""
     if get_user(tx, name) is not None:
         raise UserError(409, "user already exists")

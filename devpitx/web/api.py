@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
 
 from twisted.web.iweb import IRequest
 
@@ -49,6 +50,13 @@ def envelope(request: IRequest, result_type: str, result: Any, *, message: str |
 
 def message_response(request: IRequest, message: str, code: int = 200) -> bytes:
     return json_response(request, {"message": message}, code)
+
+
+def has_query_flag(request: IRequest, name: str) -> bool:
+    """Whether the query string names ``name``, with or without a value (``?no_projects``,
+    ``?force=``). twisted.web's ``request.args`` drops items without ``=``."""
+    query = urlsplit(request.uri.decode("latin-1")).query
+    return name in parse_qs(query, keep_blank_values=True)
 
 
 def require_method(request: IRequest, *methods: bytes) -> bytes:

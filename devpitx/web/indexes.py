@@ -17,7 +17,8 @@ from devpitx.model.indexes import (
 )
 from devpitx.model.users import get_user
 from devpitx.web.api import (
-    READ_METHODS, envelope, message_response, read_json_body, refusal, report_commit, require_method,
+    READ_METHODS, envelope, has_query_flag, message_response, read_json_body, refusal, report_commit,
+    require_method,
 )
 from devpitx.web.errors import ApiError, NegotiatedError
 from devpitx.web.negotiate import SIMPLE_JSON, select_view
@@ -56,7 +57,7 @@ class Routes:
         if view == SIMPLE_JSON:
             return await self._simple_project_list(request, user, index)
         config = dict(stage.config)
-        if b"no_projects" not in request.args:
+        if not has_query_flag(request, "no_projects"):
             config["projects"] = stage_project_names(self._store, stage)
         return envelope(request, "indexconfig", config)
 
@@ -99,9 +100,10 @@ class Routes:
         ixconfig = self._existing(user, index)
         await self._server.identity.require(request, "index_modify", url_user=user, index_config=ixconfig)
         body = read_json_body(request)
+        error_on_noop = has_query_flag(request, "error_on_noop")
         try:
             with self._store.write() as tx:
-                config = modify_index(tx, user, index, body, error_on_noop=b"error_on_noop" in request.args)
+                config = modify_index(tx, user, index, body, error_on_noop=error_on_noop)
         except StageError as exc:
             raise refusal(exc.code, exc.message) from None
         report_commit(request, tx)
