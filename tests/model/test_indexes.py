@@ -150,7 +150,8 @@ def test_modify_and_noop(store: Store) -> None:
     stage(store, "u/dev")
     with store.write() as tx:
         config = modify_index(tx, "u", "dev", {"title": "T"}, error_on_noop=True)
-    assert store.get(index_key("u", "dev"))["title"] == "T"
+    assert store.get(index_key("u", "dev")) == config
+    assert config["title"] == "T"
     serial = store.serial
     with store.write() as tx:
         assert modify_index(tx, "u", "dev", ["title=T"], error_on_noop=False) == config

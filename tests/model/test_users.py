@@ -9,7 +9,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from devpitx.model.users import (
-    EPOCH_TIMESTAMP, UserError, UserUpdate, check_user_name, create_user, is_password_only, modify_user,
+    EPOCH_TIMESTAMP, UserError, UserUpdate, check_user_name, create_user, get_user, is_password_only, modify_user,
     parse_new_user, parse_user_patch, replace_pwhash, user_config_view,
 )
 from devpitx.storage.keys import index_key, user_key
@@ -112,7 +112,8 @@ def test_modify_password_drops_legacy_salt_and_dates_old_records(store: Store) -
 def test_given_pwhash_wins_over_password(store: Store) -> None:
     with store.write() as tx:
         modify_user(tx, "alice", UserUpdate(password="p", pwhash="given"), "computed", LATER)
-    assert store.get(user_key("alice"))["pwhash"] == "given"
+    assert get_user(store, "alice") == {"pwhash": "given", "created": "2024-01-01T00:00:00Z",
+                                        "email": "a@example.org", "modified": "2023-11-14T23:13:20Z"}
 
 
 def test_modify_missing_user(store: Store) -> None:
@@ -137,9 +138,8 @@ def test_replace_pwhash_only_if_unchanged(store: Store) -> None:
         assert not replace_pwhash(tx, "alice", "other", "new")
         assert not replace_pwhash(tx, "nobody", "old", "new")
         assert replace_pwhash(tx, "alice", "old", "new")
-    record = store.get(user_key("alice"))
-    assert record["pwhash"] == "new"
-    assert "modified" not in record
+    assert get_user(store, "alice") == {"pwhash": "new", "email": "a@example.org",
+                                        "created": "2024-01-01T00:00:00Z"}
 
 
 def test_user_config_view(store: Store) -> None:

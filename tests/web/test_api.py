@@ -72,7 +72,7 @@ class ServerTestCase(SynchronousTestCase):
             all_headers.update(basic_auth(*basic))
         all_headers.update(headers or {})
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        d = self.http.request(method, BASE + path, data=data, headers=all_headers)
+        d = self.http.request(method, BASE + path, data=data, headers=all_headers)  # type: ignore[attr-defined]
         response = self.successResultOf(d)
         content = self.successResultOf(response.content())
         flat = {name.decode().lower(): values[-1].decode("latin-1")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 
+from devpitx.model.users import get_user
 from devpitx.storage.keys import user_key
 from tests.web.test_api import ServerTestCase
 
@@ -93,7 +94,8 @@ class LoginTests(ServerTestCase):
         serial = self.server.store.serial
         reply = self.request("POST", "/+login", {"user": "alice", "password": "secret"})
         self.assertEqual(reply.code, 200)
-        after = self.server.store.get(user_key("alice"))
+        after = get_user(self.server.store, "alice")
+        assert before is not None and after is not None
         self.assertNotEqual(after["pwhash"], before["pwhash"])
         self.assertEqual(self.server.store.serial, serial + 1)
         self.assertEqual(reply.headers["x-devpi-serial"], str(serial + 1))
@@ -106,7 +108,8 @@ class LoginTests(ServerTestCase):
         with self.server.store.write() as tx:
             tx.set(user_key("old"), {"pwhash": legacy, "pwsalt": salt})
         self.login("old", "old")
-        record = self.server.store.get(user_key("old"))
+        record = get_user(self.server.store, "old")
+        assert record is not None
         self.assertNotIn("pwsalt", record)
         self.assertTrue(record["pwhash"].startswith("$argon2"))
         self.login("old", "old")
