@@ -1,0 +1,305 @@
+"""The file area (http-api.md §3.14 GET/HEAD): release files, doczips, toxresults and core metadata.
+
+``/U/I/+f/<relpath>`` and ``/U/I/+e/<relpath>`` resolve to a file entry
+(model/projects.py); its content is a blob streamed with a pull producer,
+never read into memory. Besides devpi-server's headers (Content-Length,
+Last-Modified, immutable Cache-Control) we send ``ETag: "<sha256>"``, answer
+``If-None-Match``/``If-Modified-Since`` with 304 and serve single byte
+ranges (206/416), which lazy-wheel readers use.
+
+``<relpath>.metadata`` is not an entry: it is the PEP 658 core metadata of
+the wheel at ``<relpath>``, extracted at upload time and stored as a blob
+named in the entry's ``+core_metadata``.
+
+Only GET and HEAD live here; other methods answer 404 until their handlers exist.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any, cast
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPullProducer
+from twisted.logger import Logger
+from twisted.web.http import Request
+from twisted.web.iweb import IRequest
+from zope.interface import implementer
+
+from devpitx.auth.acl import ANONYMOUS
+from devpitx.model.indexes import get_stage, not_found_message
+from devpitx.model.projects import get_file_entry, parse_http_date, public_entry
+from devpitx.web.errors import FrameworkError, NegotiatedError
+from devpitx.web.negotiate import header, json_preferred
+from devpitx.web.routes import Router
+from devpitx.web.simplepages import etag_matches
+
+if TYPE_CHECKING:
+    from devpitx.server import Server
+
+log = Logger()
+
+CHUNK_BYTES = 64 * 1024
+CACHE_CONTROL = b"max-age=365000000, immutable, public"
+METADATA_SUFFIX = ".metadata"
+_NO_SUCH_FILE = "no such file"
+_CONTENT_TYPES = (
+    (".tar.gz", b"application/x-tar"),
+    (".tgz", b"application/x-tar"),
+    (".tar.bz2", b"application/x-tar"),
+    (".zip", b"application/zip"),
+)
+_OCTET_STREAM = b"application/octet-stream"
+
+
+def content_type_for(basename: str, rel: str | None = None) -> bytes:
+    """By extension; never with an encoding, so clients store archives as they are."""
+    if rel == "toxresult" or ".toxresult" in basename:
+        return b"application/json"
+    lowered = basename.lower()
+    for suffix, content_type in _CONTENT_TYPES:
+        if lowered.endswith(suffix):
+            return content_type
+    return _OCTET_STREAM
+
+
+# -- ranges ------------------------------------------------------------------------------------
+class RangeNotSatisfiable(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ByteRange:
+    start: int
+    end: int        # inclusive
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start + 1
+
+
+def parse_range(value: str, size: int) -> ByteRange | None:
+    """One ``bytes=`` range of a file of ``size`` bytes.
+
+    None means "ignore the header and send everything": malformed values and
+    multiple ranges (RFC 9110 allows ignoring Range). Ranges starting at or
+    past the end raise :class:`RangeNotSatisfiable`.
+    """
+    unit, sep, spec = value.strip().partition("=")
+    if not sep or unit.strip().lower() != "bytes" or "," in spec:
+        return None
+    first, dash, last = spec.strip().partition("-")
+    first, last = first.strip(), last.strip()
+    if not dash or not (first.isdigit() or first == "") or not (last.isdigit() or last == ""):
+        return None
+    if first == "":
+        if last == "":
+            return None
+        suffix = int(last)
+        if suffix == 0 or size == 0:
+            raise RangeNotSatisfiable()
+        return ByteRange(max(0, size - suffix), size - 1)
+    start = int(first)
+    if last and int(last) < start:
+        return None
+    if start >= size:
+        raise RangeNotSatisfiable()
+    end = int(last) if last else size - 1
+    return ByteRange(start, min(end, size - 1))
+
+
+def _if_range_allows(request: IRequest, etag: bytes, last_modified: str | None) -> bool:
+    """``If-Range``: honour Range only for the representation the client already has part of."""
+    value = header(request, b"if-range")
+    if value is None:
+        return True
+    value = value.strip()
+    if value.startswith('"'):
+        return value.encode("latin-1") == etag     # strong comparison: weak tags never match
+    if value.startswith("W/"):
+        return False
+    return last_modified is not None and parse_http_date(value) == parse_http_date(last_modified)
+
+
+def _not_modified(request: IRequest, etag: bytes, last_modified: str | None) -> bool:
+    if request.getHeader(b"if-none-match") is not None:
+        return etag_matches(request, etag)     # If-Modified-Since is ignored when both are sent
+    since = header(request, b"if-modified-since")
+    if since is None or last_modified is None:
+        return False
+    since_at = parse_http_date(since)
+    modified_at = parse_http_date(last_modified)
+    return since_at is not None and modified_at is not None and modified_at <= since_at
+
+
+# -- streaming ---------------------------------------------------------------------------------
+@implementer(IPullProducer)
+class BlobProducer:
+    """Writes ``length`` bytes of an open file from ``start``, one chunk per ``resumeProducing``.
+
+    :meth:`start` returns a Deferred that fires when everything was written;
+    cancelling it (the client went away) closes the file. The request is
+    finished by whoever awaits the Deferred, not here.
+    """
+
+    def __init__(self, request: Request, file: IO[bytes], start: int, length: int) -> None:
+        self._request = request
+        self._file: IO[bytes] | None = file
+        self._start = start
+        self._remaining = length
+        self._done: Deferred[None] = Deferred(lambda _d: self._close())
+
+    def start(self) -> Deferred[None]:
+        assert self._file is not None
+        self._file.seek(self._start)
+        self._request.registerProducer(self, False)
+        return self._done
+
+    def resumeProducing(self) -> None:
+        if self._file is None:
+            return
+        data = self._file.read(min(CHUNK_BYTES, self._remaining)) if self._remaining else b""
+        if data:
+            self._remaining -= len(data)
+            # write() may re-enter resumeProducing; the state above is already updated.
+            self._request.write(data)
+        if self._file is None or self._remaining and data:
+            return
+        self._request.unregisterProducer()
+        self._close()
+        if self._remaining:
+            # The blob is shorter than its Content-Length promised: never complete such a
+            # response; dropping the connection tells the client the body is incomplete.
+            log.error("blob ended {missing} bytes early while serving {uri}",
+                      missing=self._remaining, uri=self._request.uri)
+            self._request.loseConnection()
+            return
+        self._done.callback(None)
+
+    def stopProducing(self) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+# -- the area ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Target:
+    """What a file URL serves: a blob and how to describe it."""
+
+    sha256: str
+    last_modified: str | None
+    content_type: bytes
+
+
+class Routes:
+    def __init__(self, server: Server) -> None:
+        self._store = server.store
+        self._identity = server.identity
+
+    def install(self, router: Router) -> None:
+        router.add("files.file", self.file)
+
+    def file(self, request: IRequest, user: str, index: str, relpath: str, kind: str) -> Any:
+        if request.method in (b"GET", b"HEAD"):
+            return self.serve(request, user, index, relpath, kind)
+        raise FrameworkError(404, "The requested resource could not be found.")
+
+    def _target(self, request: IRequest, user: str, index: str, relpath: str, kind: str) -> _Target | bytes:
+        """The blob to serve, or the JSON body of the ``releasefilemeta`` answer (steps 1-3)."""
+        entry = get_file_entry(self._store, relpath)
+        if entry is None and relpath.endswith(METADATA_SUFFIX):
+            wheel = get_file_entry(self._store, relpath[:-len(METADATA_SUFFIX)]) or {}
+            core = wheel.get("+core_metadata")
+            if isinstance(core, dict) and isinstance(core.get("sha256"), str):
+                self._require_stage(user, index)
+                return _Target(core["sha256"], wheel.get("last_modified"), b"text/plain; charset=utf-8")
+        if entry is None:
+            raise NegotiatedError(404, _NO_SUCH_FILE)
+        if not entry:
+            if kind == "+f":
+                raise NegotiatedError(410, "file existed, deleted in later serial")
+            raise NegotiatedError(404, _NO_SUCH_FILE)
+        if json_preferred(request):
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps({"type": "releasefilemeta", "result": public_entry(entry)}, indent=2).encode()
+        self._require_stage(user, index)
+        sha256 = (entry.get("hashes") or {}).get("sha256")
+        if not isinstance(sha256, str) or not entry.get("last_modified"):
+            # Known but without local content (a mirror file not downloaded yet).
+            raise NegotiatedError(404, _NO_SUCH_FILE)
+        return _Target(sha256, entry["last_modified"],
+                       content_type_for(relpath.rsplit("/", 1)[-1], entry.get("+rel")))
+
+    def _require_stage(self, user: str, index: str) -> None:
+        if get_stage(self._store, user, index) is None:
+            raise NegotiatedError(404, not_found_message(user, index))
+
+    def _open(self, sha256: str) -> IO[bytes]:
+        try:
+            return open(self._store.blobs.path_for(sha256), "rb")
+        except (FileNotFoundError, ValueError):
+            raise NegotiatedError(404, _NO_SUCH_FILE) from None
+
+    async def _check_read(self, request: IRequest, user: str, index: str) -> bool:
+        """pkg_read (step 5); True if checking it had to wait (identity lookup)."""
+        stage = get_stage(self._store, user, index)
+        config = stage.config if stage is not None else None
+        # Everyone may read today: skip identifying the caller (a password check) when
+        # even an anonymous one would pass.
+        if self._identity.permitted("pkg_read", ANONYMOUS, url_user=user, index_config=config):
+            return False
+        await self._identity.require(request, "pkg_read", url_user=user, index_config=config,
+                                     denied=NegotiatedError(403, "package read forbidden"))
+        return True
+
+    async def serve(self, request: IRequest, user: str, index: str, relpath: str, kind: str) -> bytes | None:
+        target = self._target(request, user, index, relpath, kind)
+        if isinstance(target, bytes):
+            return target
+        blob = self._open(target.sha256)            # step 4 before step 5: 404 beats 403
+        try:
+            if await self._check_read(request, user, index):
+                blob.close()
+                target = self._target(request, user, index, relpath, kind)   # the world may have moved
+                if isinstance(target, bytes):
+                    return target
+                blob = self._open(target.sha256)
+            await self._send(request, target, blob)
+        finally:
+            blob.close()
+        return None
+
+    async def _send(self, request: IRequest, target: _Target, blob: IO[bytes]) -> None:
+        size = os.fstat(blob.fileno()).st_size
+        etag = f'"{target.sha256}"'.encode()
+        byte_range: ByteRange | None = None
+        range_header = header(request, b"range")
+        if range_header is not None and _if_range_allows(request, etag, target.last_modified):
+            try:
+                byte_range = parse_range(range_header, size)
+            except RangeNotSatisfiable:
+                raise NegotiatedError(416, "requested range not satisfiable",
+                                      headers={"Content-Range": f"bytes */{size}"}) from None
+        request.setHeader(b"etag", etag)
+        request.setHeader(b"cache-control", CACHE_CONTROL)
+        request.setHeader(b"accept-ranges", b"bytes")
+        if target.last_modified:
+            request.setHeader(b"last-modified", target.last_modified.encode("latin-1"))
+        if _not_modified(request, etag, target.last_modified):
+            request.setResponseCode(304)
+            return
+        request.setHeader(b"content-type", target.content_type)
+        start, length = 0, size
+        if byte_range is not None:
+            request.setResponseCode(206)
+            request.setHeader(b"content-range", f"bytes {byte_range.start}-{byte_range.end}/{size}".encode())
+            start, length = byte_range.start, byte_range.length
+        request.setHeader(b"content-length", str(length).encode())
+        if request.method == b"HEAD" or length == 0:
+            return
+        await BlobProducer(cast(Request, request), blob, start, length).start()
