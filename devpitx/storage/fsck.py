@@ -270,7 +270,7 @@ class _Checker:
         if serial > last:
             self.problem(f"state/ is at serial {serial} but the journal ends at {last}")
             return
-        if serial < last:
+        if serial < last and serial_file.exists():
             self.note(f"state/ is at serial {serial}, the journal at {last} (the next start replays the difference)")
 
         stored: dict[str, Any] = {}

@@ -82,8 +82,13 @@ class StoreWaiterTests(SynchronousTestCase):
         self.assertEqual(store.waiter.current, -1)
         d = store.waiter.wait_for_serial(0, 10)
         # A woken long poll must see the committed state.
-        seen = []
-        d.addCallback(lambda serial: seen.append((serial, store.serial, store.get("user/a"))) or serial)
+        seen: list[tuple[int | None, int, object]] = []
+
+        def woken(serial: int | None) -> int | None:
+            seen.append((serial, store.serial, store.get("user/a")))
+            return serial
+
+        d.addCallback(woken)
         self.assertNoResult(d)
         with store.write() as tx:
             tx.set("user/a", {"x": 1})
