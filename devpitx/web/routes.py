@@ -74,7 +74,13 @@ def match_route(request: IRequest, method: str, segments: list[str], trailing: b
         return Match("login.login", {}) if _json_accepted(request) else None
     if n >= 4 and s[2] in ("+e", "+f") and _plain(s[0]) and _plain(s[1]):
         relpath = "/".join(s) + ("/" if trailing else "")
-        return Match("files.file", {"user": s[0], "index": s[1], "relpath": relpath, "kind": s[2]})
+        params = {"user": s[0], "index": s[1], "relpath": relpath, "kind": s[2]}
+        # Serving, toxresult upload and deletion are separate areas' concerns.
+        if method == "POST":
+            return Match("files.post", params)
+        if method == "DELETE":
+            return Match("files.delete", params)
+        return Match("files.file", params)
     if n >= 3 and s[2] == "+simple" and _plain(s[0]) and _plain(s[1]):
         base = {"user": s[0], "index": s[1]}
         if n == 3:
