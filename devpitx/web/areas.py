@@ -17,6 +17,7 @@ AREA_MODULES = (
     "devpitx.web.projects",
     "devpitx.web.simple",
     "devpitx.web.files",
+    "devpitx.web.fileops",
     "devpitx.web.upload",
     "devpitx.web.changelog",
 )
