@@ -107,8 +107,10 @@ def test_sigkill_during_upload_leaves_serverdir_as_before(clients: Clients, tmp_
         assert files_before and blobs_before, (files_before, blobs_before)
 
         with send_partial_upload(srv, "alice/dev", "crashy", declared_bytes=200_000_000, send_bytes=30_000_000):
-            # The server is busy receiving (not finished, not failed) when it dies.
+            # The server is busy receiving (not finished, not failed) when it dies:
+            # it is alive and has not answered (e.g. refused the upload early).
             assert srv.proc.poll() is None
+            assert not has_pending_data(sock), "server answered before the body was complete"
             srv.kill()
     except BaseException:
         if srv.proc.poll() is None:
@@ -131,6 +133,18 @@ def test_sigkill_during_upload_leaves_serverdir_as_before(clients: Clients, tmp_
         assert simple_project_json(restarted.url, "alice/dev", "after").status == 200
     finally:
         restarted.stop()
+
+
+def has_pending_data(sock: socket.socket) -> bool:
+    """True if the peer sent something or closed the connection."""
+    sock.setblocking(False)
+    try:
+        sock.recv(1, socket.MSG_PEEK)  # b"" (closed) counts as an answer too
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        sock.setblocking(True)
 
 
 def send_partial_upload(

@@ -8,6 +8,7 @@ own project names so they can run in any order.
 from __future__ import annotations
 
 import hashlib
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -252,3 +253,24 @@ def test_uv_publish(alice: IndexUser, clients: Clients, tmp_path: Path, project_
     python = clients.make_uv_venv(tmp_path / "venv")
     clients.uv_pip_install(python, alice.simple_url, f"{project_name}==3.0")
     assert clients.installed_version(python, import_name(project_name)) == "3.0"
+
+
+def test_devpi_client_upload_and_list(
+    server: ServerProcess, clients: Clients, tmp_path: Path, project_name: str
+) -> None:
+    devpi = [str(Path(sys.executable).with_name("devpi")), "--clientdir", str(tmp_path / "devpi-client")]
+    clients.run([*devpi, "use", server.url])
+    clients.run([*devpi, "user", "-c", "carol", "password=carol-pw"])
+    clients.run([*devpi, "login", "carol", "--password", "carol-pw"])
+    clients.run([*devpi, "index", "-c", "dev", "bases=", "volatile=False"])
+    clients.run([*devpi, "use", "carol/dev"])
+    dist = tmp_path / "dist"
+    wheel = build_wheel(dist, project_name, "1.5")
+    sdist = build_sdist(dist, project_name, "1.5")
+    clients.run([*devpi, "upload", "--from-dir", dist])
+
+    listing = clients.run([*devpi, "list", project_name]).stdout
+    for path in (wheel, sdist):
+        assert f"{server.url}/carol/dev/+f/" in listing and path.name in listing, listing
+    page = expect(simple_project_json(server.url, "carol/dev", normalize_name(project_name)), 200, "page").json()
+    assert file_entry(page, wheel.name)["hashes"]["sha256"] == sha256_file(wheel)
