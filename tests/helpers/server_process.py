@@ -231,6 +231,7 @@ def start_server(
     serverdir keeps the previous log for diagnosis).
     """
     serverdir = Path(serverdir)
+    serverdir.parent.mkdir(parents=True, exist_ok=True)
     if log_file is None:
         n = 0
         while (log_file := serverdir.with_name(f"{serverdir.name}.log.{n}")).exists():

@@ -106,7 +106,7 @@ def test_sigkill_during_upload_leaves_serverdir_as_before(clients: Clients, tmp_
         blobs_before = tree_snapshot(serverdir / "blobs")
         assert files_before and blobs_before, (files_before, blobs_before)
 
-        with send_partial_upload(srv, "alice/dev", "crashy", declared_bytes=200_000_000, send_bytes=30_000_000):
+        with send_partial_upload(srv, "alice/dev", "crashy", declared_bytes=200_000_000, send_bytes=30_000_000) as sock:
             # The server is busy receiving (not finished, not failed) when it dies:
             # it is alive and has not answered (e.g. refused the upload early).
             assert srv.proc.poll() is None
