@@ -503,3 +503,123 @@ def test_replay_after_deleting_state_and_files_reproduces_everything(tmp_path: P
     assert _state_files(serverdir) == state_before
     assert {rel: os.stat(path).st_ino for rel, path in files_links(serverdir).items()} == links_before
     assert_reopens_to(serverdir, values)
+
+
+# -- durability under power loss: every directory change is fsynced in time ---------------------
+
+
+class DirectoryAudit:
+    """Tracks directories whose entries changed since their last fsync (what power loss may undo).
+
+    The commit point (linking the journal entry) must find no such directory
+    under blobs/, since the entry names those blobs; writing state/.serial must
+    find none under state/ or +files/, since it declares them complete.
+    Temporary names are not tracked: losing them is harmless.
+    """
+
+    def __init__(self, serverdir: Path, patch: Patch) -> None:
+        self.serverdir = serverdir
+        self.dirty: set[Path] = set()
+        self.violations: list[str] = []
+        self._dir_fds: dict[int, Path] = {}
+        real = {name: getattr(os, name) for name in ("mkdir", "rmdir", "unlink", "link", "replace", "open", "fsync", "close")}
+
+        def changed(path: Any) -> None:
+            path = Path(path)
+            if not path.name.endswith(TMP_SUFFIX):
+                self.dirty.add(path.parent)
+
+        def mkdir(path: Any, *args: Any, **kwargs: Any) -> None:
+            real["mkdir"](path, *args, **kwargs)
+            changed(path)
+
+        def rmdir(path: Any, *args: Any, **kwargs: Any) -> None:
+            real["rmdir"](path, *args, **kwargs)
+            self.dirty.discard(Path(path))  # gone: only its removal from the parent matters
+            changed(path)
+
+        def unlink(path: Any, *args: Any, **kwargs: Any) -> None:
+            real["unlink"](path, *args, **kwargs)
+            changed(path)
+
+        def link(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+            if Path(dst).is_relative_to(serverdir / "journal") and not Path(dst).name.endswith(TMP_SUFFIX):
+                self.check("publishing a journal entry", "blobs")
+            real["link"](src, dst, *args, **kwargs)
+            changed(dst)
+
+        def replace(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+            if Path(dst) == serverdir / "state" / ".serial":
+                self.check("writing state/.serial", "state", "+files")
+            real["replace"](src, dst, *args, **kwargs)
+            changed(dst)
+
+        def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+            fd = int(real["open"](path, flags, *args, **kwargs))
+            if flags & os.O_DIRECTORY:
+                self._dir_fds[fd] = Path(path)
+            return fd
+
+        def fsync(fd: Any) -> None:
+            real["fsync"](fd)
+            if isinstance(fd, int) and fd in self._dir_fds:
+                self.dirty.discard(self._dir_fds[fd])
+
+        def close(fd: int) -> None:
+            self._dir_fds.pop(fd, None)
+            real["close"](fd)
+
+        for name, wrapper in [
+            ("mkdir", mkdir), ("rmdir", rmdir), ("unlink", unlink), ("link", link),
+            ("replace", replace), ("open", open_), ("fsync", fsync), ("close", close),
+        ]:
+            patch(os, name, wrapper)
+
+    def check(self, moment: str, *areas: str) -> None:
+        for path in sorted(self.dirty):
+            if any(path.is_relative_to(self.serverdir / area) for area in areas):
+                self.violations.append(f"{moment}: {path.relative_to(self.serverdir)} not fsynced")
+
+    def unsynced(self, within: Path) -> list[str]:
+        """Directories below ``within`` with unsynced changes, except tmp/ (uploads in progress)."""
+        return sorted(
+            str(p.relative_to(within))
+            for p in self.dirty
+            if p.is_relative_to(within) and not p.is_relative_to(self.serverdir / "tmp")
+        )
+
+
+def test_directory_changes_are_durable_before_they_are_relied_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    serverdir = tmp_path / "srv"
+    build_history(serverdir)
+    store = Store.open(serverdir, Clock())
+    try:
+        with monkeypatch.context() as patcher:
+            audit = DirectoryAudit(serverdir, patcher.setattr)
+            commit_under_test(store)  # new blob, state and +files directories; a link removed
+            third = store.blobs.put_bytes(b"third")
+            with store.write() as tx:
+                tx.set(file_key(f"carol/x/+f/{third[:3]}/{third[3:16]}/c.zip"), file_entry(third, "1"))
+                tx.set("version/carol/x/c/1", {"name": "c"})
+                tx.set(file_key(NEW_RELPATH), {})
+                tx.add_blob(third)
+            assert audit.violations == [], "\n".join(audit.violations)
+            assert audit.unsynced(serverdir) == []
+    finally:
+        store.close()
+
+
+def test_a_new_server_directory_is_durable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Losing journal/, blobs/ or +files/ themselves would lose everything in them.
+    serverdir = tmp_path / "new" / "srv"
+    with monkeypatch.context() as patcher:
+        audit = DirectoryAudit(serverdir, patcher.setattr)
+        store = Store.open(serverdir, Clock())
+        try:
+            commit_under_test(store)
+        finally:
+            store.close()
+    assert audit.violations == [], "\n".join(audit.violations)
+    assert audit.unsynced(tmp_path) == []
