@@ -25,6 +25,24 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def make_dirs(path: Path) -> None:
+    """``mkdir -p`` that survives power loss.
+
+    A directory's existence is an entry in its parent, so the parent of each
+    directory created here is fsynced too; otherwise a file fsynced inside a
+    new directory can vanish together with the directory after a power cut.
+    """
+    missing = []
+    current = path
+    while not current.is_dir():
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        directory.mkdir(exist_ok=True)
+    for directory in missing:
+        fsync_dir(directory.parent)
+
+
 def _write_tmp(tmp: Path, data: bytes) -> None:
     with open(tmp, "xb") as f:
         f.write(data)

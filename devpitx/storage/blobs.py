@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from devpitx.storage.atomic import fsync_dir, tmp_name_for
+from devpitx.storage.atomic import fsync_dir, make_dirs, tmp_name_for
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 COPY_CHUNK_BYTES = 1024 * 1024
@@ -31,7 +31,7 @@ class BlobStore:
         self.files_root = files_root
         self.tmp_dir = tmp_dir
         for path in (root, files_root, tmp_dir):
-            path.mkdir(parents=True, exist_ok=True)
+            make_dirs(path)
 
     def path_for(self, sha256: str) -> Path:
         if not _HEX64.match(sha256):
@@ -58,7 +58,7 @@ class BlobStore:
         if target.exists():
             src.unlink()
             return target
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(target.parent)
         try:
             os.link(src, target)
         except FileExistsError:
@@ -113,7 +113,7 @@ class BlobStore:
                 return
         except FileNotFoundError:
             pass
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(target.parent)
         tmp = tmp_name_for(target)
         tmp.unlink(missing_ok=True)
         try:
@@ -122,12 +122,14 @@ class BlobStore:
         finally:
             # Nothing on open sweeps +files/ (it can be huge): never leave the tmp name behind.
             tmp.unlink(missing_ok=True)
+        # Durable before state/.serial says the entry is applied: replay would not redo it.
+        fsync_dir(target.parent)
 
     def unlink_relpath(self, relpath: str) -> None:
         target = self.relpath_path(relpath)
-        target.unlink(missing_ok=True)
+        changed = _unlink_if_present(target)
         # A link_relpath of this relpath killed between link and rename left its tmp name.
-        tmp_name_for(target).unlink(missing_ok=True)
+        changed |= _unlink_if_present(tmp_name_for(target))
         # Empty hash directories would pile up as files come and go.
         parent = target.parent
         while parent != self.files_root:
@@ -135,7 +137,11 @@ class BlobStore:
                 parent.rmdir()
             except OSError:
                 break
+            changed = True
             parent = parent.parent
+        if changed:
+            # A removal lost to a power cut would serve a deleted file again.
+            fsync_dir(parent)
 
     def clear_tmp(self) -> int:
         """Remove everything in tmp/ (uploads and downloads that never committed)."""
@@ -155,3 +161,11 @@ class BlobStore:
             for name in files:
                 if _HEX64.match(name):
                     yield name, Path(dirpath) / name
+
+
+def _unlink_if_present(path: Path) -> bool:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    return True

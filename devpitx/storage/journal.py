@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devpitx.storage.atomic import fsync_dir, is_tmp_name, publish_new
+from devpitx.storage.atomic import is_tmp_name, make_dirs, publish_new
 
 
 class JournalCorrupt(Exception):
@@ -47,7 +47,7 @@ class Entry:
 class Journal:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.root)
         self.last_serial = self._find_last_serial()
 
     def path_for(self, serial: int) -> Path:
@@ -58,10 +58,7 @@ class Journal:
         if entry.serial != self.last_serial + 1:
             raise JournalCorrupt(f"serial {entry.serial} does not follow {self.last_serial}")
         path = self.path_for(entry.serial)
-        if not path.parent.is_dir():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fsync_dir(path.parent.parent)
-            fsync_dir(self.root)
+        make_dirs(path.parent)
         publish_new(path, entry.to_bytes())
         self.last_serial = entry.serial
 

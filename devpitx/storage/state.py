@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from devpitx.storage.atomic import atomic_write, fsync_dir, is_tmp_name
+from devpitx.storage.atomic import atomic_write, fsync_dir, is_tmp_name, make_dirs
 from devpitx.storage.keys import state_relpath
 
 SERIAL_FILE = ".serial"
@@ -75,7 +75,7 @@ class StateTree:
                 except FileNotFoundError:
                     continue
             else:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                make_dirs(path.parent)
                 data = json.dumps({"key": key, "value": value}, separators=(",", ":"), ensure_ascii=False)
                 atomic_write(path, data.encode(), sync_dir=False)
             dirs.add(path.parent)
@@ -83,7 +83,7 @@ class StateTree:
             fsync_dir(directory)
 
     def write_serial(self, serial: int) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.root)
         atomic_write(self.root / SERIAL_FILE, str(serial).encode())
         self.serial = serial
 
@@ -91,7 +91,7 @@ class StateTree:
     @classmethod
     def load(cls, root: Path) -> StateTree:
         tree = cls(root)
-        root.mkdir(parents=True, exist_ok=True)
+        make_dirs(root)
         try:
             tree.serial = int((root / SERIAL_FILE).read_text())
         except FileNotFoundError:

@@ -20,6 +20,7 @@ from typing import Any, TextIO
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from devpitx.storage.atomic import make_dirs
 from devpitx.storage.blobs import BlobStore
 from devpitx.storage.journal import Entry, Journal, JournalCorrupt
 from devpitx.storage.keys import relpath_of_file_key
@@ -68,7 +69,7 @@ class Store:
     def open(cls, serverdir: Path, clock: IReactorTime, *, checkpoint: Checkpoint = _no_checkpoint) -> Store:
         """Lock the directory, drop leftovers of interrupted work and replay the journal."""
         store = cls(serverdir, clock, checkpoint=checkpoint)
-        serverdir.mkdir(parents=True, exist_ok=True)
+        make_dirs(serverdir)
         store._lock()
         try:
             store.journal = Journal(serverdir / "journal")
