@@ -15,6 +15,7 @@ cache (web/simplepages.py) and only on a miss walk the inheritance
 from __future__ import annotations
 
 from collections.abc import Hashable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from twisted.web.iweb import IRequest
@@ -202,6 +203,8 @@ class Routes:
         found = project_links(self._store, stage.user, stage.index, project)
         if not found.links and not found.exists:
             raise NegotiatedError(404, f"The project {project} does not exist.")
+        if any(link.size is None for link in found.links):
+            found = replace(found, links=tuple(self._with_size(link) for link in found.links))
 
         def href(link: SimpleLink) -> str:
             fragment = f"#{link.hash_spec}" if link.hash_spec else ""
@@ -220,6 +223,15 @@ class Routes:
                 blocked_mirrors=found.blocked_mirrors,
             )
         return self.pages.store(key, stamp, project_html(stage.name, found, href, human), HTML_TYPE)
+
+    def _with_size(self, link: SimpleLink) -> SimpleLink:
+        """api 1.1 wants every file's size: entries written before ``+size`` existed ask the blob."""
+        if link.size is not None or link.hash_type != "sha256" or not link.hash_value:
+            return link
+        try:
+            return replace(link, size=self._store.blobs.size(link.hash_value))
+        except (OSError, ValueError):
+            return link
 
     # -- refresh ---------------------------------------------------------------------------
     def refresh(self, request: IRequest, user: str, index: str, project: str) -> bytes:

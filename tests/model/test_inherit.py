@@ -1,6 +1,7 @@
 """Inheritance reads: merged links, whitelist and private shadowing, project lists (model.md §6)."""
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from typing import Any
 
@@ -44,11 +45,12 @@ class DictView:
             data["requires_python"] = requires_python
         relpaths = []
         for basename in basenames:
-            sha = f"{abs(hash((index, basename))):064x}"[:64]
+            sha = hashlib.sha256(f"{index}/{basename}".encode()).hexdigest()
             relpath = f"{index}/+f/{sha[:3]}/{sha[3:16]}/{basename}"
             data["+elinks"].append({"rel": rel, "entrypath": relpath, "hash_spec": f"sha256={sha}",
                                     "hashes": {"sha256": sha}})
-            self.records[f"file/{relpath}"] = dict(entry if entry is not None else {"hashes": {"sha256": sha}, "+size": 10})
+            default = {"hashes": {"sha256": sha}, "+size": 10}
+            self.records[f"file/{relpath}"] = dict(entry if entry is not None else default)
             relpaths.append(relpath)
         return relpaths
 

@@ -197,6 +197,15 @@ class ProjectPageTests(SimpleTestCase):
         self.assertNotIn(b"data-requires-python", body)
         self.assertNotIn("requires-python", self.get_json("/u/dev/+simple/bare/")["files"][0])
 
+    def test_size_of_entries_without_size_comes_from_the_blob(self) -> None:
+        with self.server.store.write() as tx:
+            key = f"file/{self.sdist.relpath}"
+            entry = dict(tx.get(key) or {})
+            del entry["+size"]
+            tx.set(key, entry)
+        sizes = {f["filename"]: f.get("size") for f in self.get_json("/u/dev/+simple/pkg/")["files"]}
+        self.assertEqual(sizes["pkg-1.0.tar.gz"], self.sdist.size)
+
     def test_registered_project_without_files_is_an_empty_page(self) -> None:
         register(self.server, "u", "dev", "empty", "1.0")
         page = self.get_json("/u/dev/+simple/empty/")
