@@ -80,6 +80,8 @@ def match_route(request: IRequest, method: str, segments: list[str], trailing: b
             return Match("files.post", params)
         if method == "DELETE":
             return Match("files.delete", params)
+        if method == "PATCH":
+            return Match("files.patch", params)     # yank/unyank (docs/yanking.md)
         return Match("files.file", params)
     if n >= 3 and s[2] == "+simple" and _plain(s[0]) and _plain(s[1]):
         base = {"user": s[0], "index": s[1]}
