@@ -45,7 +45,7 @@ class SimpleLink:
     hash_type: str | None = None      # "sha256" for uploads
     hash_value: str | None = None
     requires_python: str | None = None
-    yanked: bool | str | None = None  # mirrors only; private indexes never yank
+    yanked: bool | str | None = None  # True or the reason (PEP 592); None when not yanked
     size: int | None = None
     upload_time: float | None = None  # unix seconds
     core_metadata_sha256: str | None = None
@@ -114,6 +114,7 @@ def _link_from(view: Reader, stage: Stage, version: str, versiondata: dict[str, 
     size = entry.get("+size")
     upload_time = entry.get("+upload_time")
     requires_python = versiondata.get("requires_python")
+    yanked = link.get("yanked")     # true or a reason, set by the yank API (model/links.py)
     return SimpleLink(
         basename=entrypath.rsplit("/", 1)[-1],
         entrypath=entrypath,
@@ -122,6 +123,7 @@ def _link_from(view: Reader, stage: Stage, version: str, versiondata: dict[str, 
         hash_type=hash_type,
         hash_value=hash_value,
         requires_python=requires_python if isinstance(requires_python, str) else None,
+        yanked=yanked if isinstance(yanked, (bool, str)) and yanked not in (False, "") else None,
         size=size if isinstance(size, int) else None,
         upload_time=float(upload_time) if isinstance(upload_time, (int, float)) else None,
         core_metadata_sha256=core.get("sha256") if isinstance(core, dict) else None,
