@@ -1,0 +1,156 @@
+"""Projects and versions over HTTP: ``/U/I/P`` and ``/U/I/P/V`` (http-api.md §3.12, §3.13).
+
+GET answers the JSON views of ``model/views.py`` (``projectconfig`` and
+``versiondata``) with absolute ``+links`` hrefs built from the same base URL
+as ``+api``'s index URL, which devpi-client compares them with. DELETE
+removes a project or a version from this index only, refused on
+non-volatile indexes unless ``?force`` is given. PATCH on a version yanks or
+unyanks all its release files (PEP 592; docs/yanking.md).
+
+A non-normalized project segment in a GET is redirected to the normalized
+name (§2.2); other methods use the normalized name silently.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.web.iweb import IRequest
+
+from devpitx.model.indexes import Stage, get_stage, is_volatile, not_found_message, sro
+from devpitx.model.links import parse_yank_body, yank_version
+from devpitx.model.names import normalize_project_name
+from devpitx.model.projects import get_versiondata, has_project
+from devpitx.model.releases import ReleaseError, delete_project, delete_version
+from devpitx.model.views import UrlFor, project_view, version_view
+from devpitx.web.api import (
+    READ_METHODS, envelope, has_query_flag, message_response, read_json_body, refusal, report_commit,
+    require_json_view, require_method,
+)
+from devpitx.web.errors import ApiError, NegotiatedError
+from devpitx.web.negotiate import json_preferred, outside_url
+
+if TYPE_CHECKING:
+    from devpitx.server import Server
+
+
+class Routes:
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._store = server.store
+
+    def install(self, router: Any) -> None:
+        router.add("projects.project", self.project)
+        router.add("projects.version", self.version)
+
+    # -- dispatch ------------------------------------------------------------------------------
+    async def project(self, request: IRequest, user: str, index: str, project: str) -> bytes:
+        method = require_method(request, *READ_METHODS, b"DELETE")
+        if method == b"DELETE":
+            return await self._delete_project(request, user, index, normalize_project_name(project))
+        return self._get_project(request, user, index, project)
+
+    async def version(self, request: IRequest, user: str, index: str, project: str, version: str) -> bytes:
+        method = require_method(request, *READ_METHODS, b"DELETE", b"PATCH")
+        if method == b"DELETE":
+            return await self._delete_version(request, user, index, normalize_project_name(project), version)
+        if method == b"PATCH":
+            return await self._yank_version(request, user, index, normalize_project_name(project), version)
+        return self._get_version(request, user, index, project, version)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _stage(self, user: str, index: str) -> Stage:
+        stage = get_stage(self._store, user, index)
+        if stage is None:
+            raise NegotiatedError(404, not_found_message(user, index))
+        return stage
+
+    def _url_for(self, request: IRequest) -> UrlFor:
+        outside = outside_url(request, self._server.config.outside_url)
+        return lambda relpath: outside.url("/" + relpath)
+
+    def _redirect_to_normalized(self, request: IRequest, path: str) -> bytes:
+        """302 to the same route with the normalized name; the query string is dropped (§2.2)."""
+        slash = "/" if request.path.endswith(b"/") else ""
+        location = outside_url(request, self._server.config.outside_url).url(path + slash)
+        request.setResponseCode(302)
+        request.setHeader(b"location", location.encode("latin-1", "replace"))
+        return b""
+
+    # -- GET -----------------------------------------------------------------------------------
+    def _get_project(self, request: IRequest, user: str, index: str, project: str) -> bytes:
+        require_json_view(request)
+        name = normalize_project_name(project)
+        if name != project:
+            return self._redirect_to_normalized(request, f"/{user}/{index}/{name}")
+        if not json_preferred(request):
+            accept = (request.getHeader(b"accept") or b"").decode("latin-1")
+            raise ApiError(415, f"unsupported media type: the project view needs 'application/json' in Accept, "
+                                f"got {accept!r}")
+        stage = self._stage(user, index)
+        full_order = sro(self._store, user, index)
+        order = [stage] if has_query_flag(request, "ignore_bases") else full_order
+        result, exists = project_view(self._store, order, name, self._url_for(request))
+        if not result and not exists and not _exists_in(self._store, full_order, name):
+            raise NegotiatedError(404, f"no project '{name}'")
+        return envelope(request, "projectconfig", result)
+
+    def _get_version(self, request: IRequest, user: str, index: str, project: str, version: str) -> bytes:
+        require_json_view(request)
+        name = normalize_project_name(project)
+        if name != project:
+            return self._redirect_to_normalized(request, f"/{user}/{index}/{name}/{version}")
+        self._stage(user, index)
+        result = version_view(self._store, sro(self._store, user, index), name, version, self._url_for(request))
+        if result is None:
+            raise ApiError(404, f"The version {version} of project {name} does not exist.")
+        return envelope(request, "versiondata", result)
+
+    # -- DELETE --------------------------------------------------------------------------------
+    async def _delete_project(self, request: IRequest, user: str, index: str, project: str) -> bytes:
+        stage = self._stage(user, index)
+        await self._server.identity.require(request, "del_project", url_user=user, index_config=stage.config)
+        stage = self._stage(user, index)   # re-read after the await
+        if not is_volatile(stage.config) and not has_query_flag(request, "force"):
+            raise ApiError(403, f"project '{project}' is on non-volatile index {stage.name}")
+        with self._store.write() as tx:
+            if stage.is_mirror or not has_project(tx, user, index, project):
+                # Mirrors hold no deletable project data until mirror caching exists.
+                raise ApiError(404, "project not found")
+            delete_project(tx, user, index, project)
+        report_commit(request, tx)
+        return message_response(request, f"project {project} deleted from stage {stage.name}")
+
+    async def _delete_version(self, request: IRequest, user: str, index: str, project: str, version: str) -> bytes:
+        stage = self._stage(user, index)
+        await self._server.identity.require(request, "del_verdata", url_user=user, index_config=stage.config)
+        stage = self._stage(user, index)
+        if not is_volatile(stage.config) and not has_query_flag(request, "force"):
+            raise NegotiatedError(403, "cannot delete version on non-volatile index")
+        with self._store.write() as tx:
+            if stage.is_mirror or get_versiondata(tx, user, index, project, version) is None:
+                raise NegotiatedError(404, f"The version {version} of project {project} does not exist.")
+            delete_version(tx, user, index, project, version)
+        report_commit(request, tx)
+        return message_response(request, f"project '{project}' version '{version}' deleted")
+
+    # -- PATCH: yank ---------------------------------------------------------------------------
+    async def _yank_version(self, request: IRequest, user: str, index: str, project: str, version: str) -> bytes:
+        stage = self._stage(user, index)
+        await self._server.identity.require(request, "del_verdata", url_user=user, index_config=stage.config)
+        stage = self._stage(user, index)
+        try:
+            yanked = parse_yank_body(read_json_body(request))
+            with self._store.write() as tx:
+                yank_version(tx, stage, project, version, yanked)
+        except ReleaseError as exc:
+            raise refusal(exc.code, exc.message) from None
+        report_commit(request, tx)
+        result = version_view(self._store, [stage], project, version, self._url_for(request))
+        what = "unyanked" if yanked is False else "yanked"
+        return envelope(request, "versiondata", result, message=f"project '{project}' version '{version}' {what}")
+
+
+def _exists_in(view: Any, order: list[Stage], project: str) -> bool:
+    """has_project over the resolution order (model.md §6.5): private indexes only, mirrors
+    answer through the walk in ``project_view``."""
+    return any(not stage.is_mirror and has_project(view, stage.user, stage.index, project) for stage in order)

@@ -1,0 +1,241 @@
+"""Push (http-api.md §3.10): ``PUSH`` or a JSON ``POST`` on ``/U/I`` copies a release elsewhere.
+
+The upload area receives these requests (they share the index URL with
+uploads) and hands them to :class:`Pusher`.
+
+* Internal push (``targetindex``): checks in the spec's order, then one
+  write transaction copies metadata, release files, toxresults and doczip
+  (model/push.py); the answer is the ``actionlog``.
+* External push (``posturl``): every selected file is POSTed to another
+  index with the legacy upload protocol, as twine would. The multipart
+  body is assembled in a temp file in the disk pool and streamed from
+  there, so memory use does not grow with the file.
+"""
+from __future__ import annotations
+
+import base64
+import tempfile
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, cast
+from urllib.parse import urlencode
+
+import treq
+from treq.client import HTTPClient
+from twisted.internet.task import Cooperator
+from twisted.logger import Logger
+from twisted.web.client import Agent, FileBodyProducer
+from twisted.web.iweb import IRequest
+
+from devpitx.model.indexes import Stage, get_stage, is_volatile, not_found_message
+from devpitx.model.push import (
+    ActionLog, ExternalPush, PushRequest, ReleaseToPush, doc_upload_fields, external_target, file_upload_fields,
+    internal_target, parse_push, push_internal, register_fields, release_to_push,
+)
+from devpitx.model.releases import ReleaseError
+from devpitx.web.api import envelope, read_json_body, refusal, report_commit
+from devpitx.web.errors import ApiError, NegotiatedError
+
+if TYPE_CHECKING:
+    from devpitx.server import Server
+
+log = Logger()
+
+EXTERNAL_TIMEOUT_SECONDS = 600.0
+# What an actionlog line shows of a refusing server's answer.
+MAX_RESPONSE_TEXT_BYTES = 4096
+_OK = (200, 201)
+_COPY_CHUNK_BYTES = 1024 * 1024
+
+
+def _disposition(name: str, filename: str | None = None) -> bytes:
+    # Field names and file names come from our metadata keys and stored basenames;
+    # quotes and line breaks are escaped as browsers do.
+    def quoted(text: str) -> str:
+        return text.replace("\\", "\\\\").replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
+    header = f'Content-Disposition: form-data; name="{quoted(name)}"'
+    if filename is not None:
+        header += f'; filename="{quoted(filename)}"'
+    return header.encode("utf-8")
+
+
+def write_multipart(fields: Sequence[tuple[str, str]], filename: str, content_path: Path,
+                    tmp_dir: Path) -> tuple[IO[bytes], str]:
+    """Disk pool: a multipart/form-data body with ``fields`` and the file as ``content``, in an
+    unlinked temp file (rewound), and its content type."""
+    boundary = uuid.uuid4().hex
+    out = tempfile.TemporaryFile(dir=tmp_dir, prefix="push-")
+    try:
+        for name, value in fields:
+            out.write(b"--" + boundary.encode() + b"\r\n" + _disposition(name) + b"\r\n\r\n")
+            out.write(value.encode("utf-8") + b"\r\n")
+        out.write(b"--" + boundary.encode() + b"\r\n" + _disposition("content", filename) + b"\r\n"
+                  b"Content-Type: application/octet-stream\r\n\r\n")
+        with open(content_path, "rb") as content:
+            while chunk := content.read(_COPY_CHUNK_BYTES):
+                out.write(chunk)
+        out.write(b"\r\n--" + boundary.encode() + b"--\r\n")
+        out.seek(0)
+    except BaseException:
+        out.close()
+        raise
+    return out, f"multipart/form-data; boundary={boundary}"
+
+
+class Pusher:
+    def __init__(self, server: Server) -> None:
+        self._server = server
+        self._store = server.store
+
+    def _stage(self, user: str, index: str) -> Stage:
+        stage = get_stage(self._store, user, index)
+        if stage is None:
+            raise NegotiatedError(404, not_found_message(user, index))
+        return stage
+
+    def _release(self, user: str, index: str, push: PushRequest) -> ReleaseToPush:
+        try:
+            return release_to_push(self._store, user, index, push)
+        except ReleaseError as exc:
+            raise ApiError(exc.code, exc.message) from None
+
+    async def push(self, request: IRequest, user: str, index: str) -> bytes:
+        stage = self._stage(user, index)
+        body = read_json_body(request)
+        try:
+            push = parse_push(body, stage.name)
+        except ReleaseError as exc:
+            raise ApiError(exc.code, exc.message) from None
+        self._release(user, index, push)
+        await self._server.identity.require(request, "pkg_read", url_user=user, index_config=stage.config,
+                                            denied=NegotiatedError(403, "package read forbidden"))
+        if push.internal:
+            return await self._push_internal(request, user, index, push)
+        try:
+            target = external_target(push)
+        except ReleaseError as exc:
+            raise ApiError(exc.code, exc.message) from None
+        return await self._push_external(request, user, index, push, target)
+
+    # -- internal ------------------------------------------------------------------------------
+    async def _push_internal(self, request: IRequest, user: str, index: str, push: PushRequest) -> bytes:
+        try:
+            target_user, target_index = internal_target(push)
+        except ReleaseError as exc:
+            raise ApiError(exc.code, exc.message) from None
+        target = self._stage(target_user, target_index)
+        identity = await self._server.identity.identify(request)
+        if not self._server.identity.permitted("upload", identity, url_user=target_user,
+                                               index_config=target.config):
+            # 401 even for authenticated callers, as devpi-server answers (auth.md §8).
+            raise ApiError(401, f"user {identity.username!r} cannot upload to {target.name!r}")
+        # Re-read both sides: the identity check may have waited for a password check.
+        source = self._stage(user, index)
+        target = self._stage(target_user, target_index)
+        release = self._release(user, index, push)
+        self._require_content(release)
+        try:
+            with self._store.write() as tx:
+                actions = push_internal(tx, release, push, source=source.name, target_user=target_user,
+                                        target_index=target_index, volatile=is_volatile(target.config),
+                                        who=identity.username)
+        except ReleaseError as exc:
+            raise refusal(exc.code, exc.message) from None
+        report_commit(request, tx)
+        log.info("pushed {name} {version} from {source} to {target}", name=push.project,
+                 version=push.version, source=source.name, target=target.name)
+        return envelope(request, "actionlog", actions)
+
+    def _require_content(self, release: ReleaseToPush) -> None:
+        for relpath, entry in release.entries.items():
+            if not self._store.blobs.has(entry["hashes"]["sha256"]):
+                raise ApiError(404, f"no such file: the content of {relpath} is missing")
+
+    # -- external ------------------------------------------------------------------------------
+    def _http(self) -> Any:
+        if self._server.http is not None:
+            return self._server.http
+        # The service wiring passes no HTTP client yet; in a running server the clock is the reactor.
+        self._server.http = HTTPClient(Agent(cast(Any, self._server.clock)))
+        return self._server.http
+
+    async def _post_form(self, target: ExternalPush, fields: Sequence[tuple[str, str]],
+                         file: tuple[str, Path] | None) -> tuple[int, str]:
+        """POST one legacy-upload form; (status, response text)."""
+        clock = self._server.clock
+        if file is None:
+            filename, path = "", None
+        else:
+            filename, path = file
+        if path is None:
+            data: Any = urlencode(list(fields)).encode()
+            content_type = "application/x-www-form-urlencoded"
+            body: IO[bytes] | None = None
+        else:
+            body, content_type = await self._server.run_disk(write_multipart, fields, filename, path,
+                                                             self._store.blobs.tmp_dir)
+            cooperator = Cooperator(scheduler=lambda step: clock.callLater(0, step))
+            data = FileBodyProducer(body, cooperator=cooperator)
+        credentials = base64.b64encode(f"{target.username}:{target.password}".encode()).decode("ascii")
+        try:
+            response = await self._http().post(
+                target.posturl, data=data, allow_redirects=False, timeout=EXTERNAL_TIMEOUT_SECONDS,
+                reactor=clock, headers={"Content-Type": content_type, "Authorization": f"Basic {credentials}"})
+            kept: list[bytes] = []
+
+            def collect(chunk: bytes) -> None:
+                if sum(map(len, kept)) < MAX_RESPONSE_TEXT_BYTES:
+                    kept.append(chunk)
+            await treq.collect(response, collect)
+        finally:
+            if body is not None:
+                body.close()
+        text = b"".join(kept)[:MAX_RESPONSE_TEXT_BYTES].decode("utf-8", "replace")
+        return int(response.code), text
+
+    async def _push_external(self, request: IRequest, user: str, index: str, push: PushRequest,
+                             target: ExternalPush) -> bytes:
+        release = self._release(user, index, push)
+        self._require_content(release)
+        blobs = self._store.blobs
+        metadata = release.metadata
+        actions: ActionLog = []
+        if target.register_project:
+            try:
+                code, _text = await self._post_form(target, register_fields(metadata), None)
+            except Exception as exc:
+                actions.append([-1, "exception on register:", _describe(exc)])
+                return envelope(request, "actionlog", actions, code=502)
+            actions.append([code, "register", push.name, push.version])
+            if code not in (*_OK, 410):
+                return envelope(request, "actionlog", actions, code=502)
+        for link in release.releasefiles:
+            sha256 = release.entries[link["entrypath"]]["hashes"]["sha256"]
+            basename = link["entrypath"].rsplit("/", 1)[-1]
+            try:
+                code, text = await self._post_form(target, file_upload_fields(metadata, basename, sha256),
+                                                   (basename, blobs.path_for(sha256)))
+            except Exception as exc:
+                actions.append([-1, "exception on release upload:", _describe(exc)])
+                continue
+            actions.append([code, "upload", link["entrypath"], "" if code in _OK else text])
+        if release.doczip is not None:
+            sha256 = release.entries[release.doczip["entrypath"]]["hashes"]["sha256"]
+            try:
+                code, _text = await self._post_form(target, doc_upload_fields(metadata),
+                                                    (f"{push.name}.zip", blobs.path_for(sha256)))
+            except Exception as exc:
+                actions.append([-1, "exception on documentation upload:", _describe(exc)])
+            else:
+                actions.append([code, "docfile", push.name])
+        ok = bool(actions) and actions[-1][0] in _OK
+        log.info("pushed {name} {version} from {source} to {url}: {outcome}", name=push.project,
+                 version=push.version, source=f"{user}/{index}", url=target.posturl,
+                 outcome="ok" if ok else "failed")
+        return envelope(request, "actionlog", actions, code=200 if ok else 502)
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if not text.startswith(type(exc).__name__) else text
