@@ -24,6 +24,7 @@ from devpitx.model.versions import filename_contains_version, filename_matches_p
 from devpitx.storage.keys import index_key
 from devpitx.web.errors import NegotiatedError, SubmitError
 from devpitx.web.multipart import FormError, ParsedForm, UploadedFile, parse_form
+from devpitx.web.push import Pusher
 from devpitx.web.root import set_serial
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ class Routes:
         self._server = server
         self._store = server.store
         self._run_disk = server.run_disk
+        self._pusher = Pusher(server)
 
     def install(self, router: Any) -> None:
         router.add("upload.post", self.post)
@@ -50,8 +52,8 @@ class Routes:
             raise NegotiatedError(404, f"The stage {user}/{index} could not be found.")
         content_type = (request.getHeader(b"content-type") or b"").decode("latin-1")
         if request.method != b"POST" or content_type.split(";")[0].strip().lower() not in FORM_TYPES:
-            # Push (http-api.md §3.10) is part of the devpi-client API, built separately.
-            raise NegotiatedError(404, "push is not supported by this server yet")
+            # PUSH, or POST with a JSON body: push (http-api.md §3.8, §3.10).
+            return await self._pusher.push(request, user, index)
         if ixconfig.get("type") == "mirror":
             raise SubmitError(404, "cannot submit to mirror index")
         identity = await self._server.identity.require(
