@@ -35,12 +35,12 @@ class DevpitxSite(Site):
     def __init__(self, resource: IResource, *, max_body_bytes: int, tmp_dir: Path,
                  identity_headers: Callable[[], dict[bytes, bytes]], clock_seconds: Callable[[], float] = time.time,
                  **kwargs: Any) -> None:
-        super().__init__(resource, requestFactory=DevpitxRequest, **kwargs)
+        # Twisted's own form parsing would load the whole body into memory (and drop file names).
+        super().__init__(resource, requestFactory=DevpitxRequest, parsePOSTFormSubmission=False, **kwargs)
         self.max_body_bytes = max_body_bytes
         self.tmp_dir = tmp_dir
         self.identity_headers = identity_headers
         self.clock_seconds = clock_seconds
-        self.parsePOSTFormSubmission = False
 
     def log(self, request: Request) -> None:
         started = getattr(request, "started_at", None)

@@ -278,3 +278,32 @@ class BodyLimitTests(SynchronousTestCase):
         self.assertTrue(transport.disconnecting)
         self.assertEqual(os.listdir(server.store.blobs.tmp_dir), [])
 
+
+
+class FormParsingOffTests(SynchronousTestCase):
+    def test_site_leaves_form_bodies_unparsed(self) -> None:
+        """Twisted's own form parsing would hold whole uploads in memory: it must be off."""
+        from twisted.web.resource import Resource
+
+        from devpitx.web.root import DevpitxSite
+
+        seen: dict[str, Any] = {}
+
+        class Recorder(Resource):
+            isLeaf = True
+
+            def render_POST(self, request: Any) -> bytes:
+                seen["args"] = dict(request.args)
+                return b"ok"
+
+        site = DevpitxSite(Recorder(), max_body_bytes=10**6, tmp_dir=Path(self.mktemp()),
+                           identity_headers=lambda: {})
+        site.tmp_dir.mkdir(parents=True)
+        body, content_type = multipart([("name", "x")], [("content", "x-1.0.tar.gz", b"data")])
+        protocol = site.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: " + content_type.encode()
+                              + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        self.assertIn(b"200 OK", transport.value())
+        self.assertEqual(seen["args"], {})
