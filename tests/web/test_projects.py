@@ -1,0 +1,294 @@
+"""Project and version routes ``/U/I/P`` and ``/U/I/P/V``: JSON views and deletion (http-api.md §3.12, §3.13).
+
+``ReleaseTestCase`` (uploads through the real upload route) is shared by the
+file-operation, push and yank tests.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from devpitx.model.ixconfig import new_index_config
+from devpitx.model.users import new_user_record
+from devpitx.storage.keys import index_key, project_key, user_key, version_key
+from tests.helpers.forms import multipart, upload_fields, wheel_bytes
+from tests.helpers.testserver import BASE, cheap_hash
+from tests.web.test_api import Reply, ServerTestCase
+
+ALICE = ("alice", "secret")
+BOB = ("bob", "bobpw")
+CAROL = ("carol", "carolpw")
+
+
+class ReleaseTestCase(ServerTestCase):
+    """alice owns ``alice/dev`` (non-volatile) and ``alice/vol`` (volatile); bob and carol exist."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.add_user("alice", "secret")
+        self.add_user("bob", "bobpw")
+        self.add_user("carol", "carolpw")
+        self.add_index("alice", "dev", volatile=False)
+        self.add_index("alice", "vol")
+
+    def post_form(self, path: str, fields: Sequence[tuple[str, str]], files: Sequence[tuple[str, str, bytes]],
+                  auth: tuple[str, str] | None = ALICE) -> Reply:
+        body, content_type = multipart(fields, files)
+        return self.request("POST", path, raw=body, auth=auth, headers={"Content-Type": content_type})
+
+    def upload(self, index: str, name: str, version: str, *, filename: str | None = None,
+               content: bytes | None = None, user: str = "alice", auth: tuple[str, str] | None = ALICE,
+               extra: Sequence[tuple[str, str]] = ()) -> str:
+        """Upload an sdist (or the given file) and return its relpath."""
+        filename = filename or f"{name}-{version}.tar.gz"
+        content = content if content is not None else f"{filename} in {index}".encode()
+        reply = self.post_form(f"/{user}/{index}/", upload_fields(name, version, content, extra=extra),
+                               [("content", filename, content)], auth=auth)
+        self.assertEqual(reply.code, 200, reply.body)
+        sha = hashlib.sha256(content).hexdigest()
+        return f"{user}/{index}/+f/{sha[:3]}/{sha[3:16]}/{filename}"
+
+    def upload_wheel(self, index: str, name: str, version: str) -> str:
+        filename, data, _metadata = wheel_bytes(name, version)
+        return self.upload(index, name, version, filename=filename, content=data)
+
+    def upload_doc(self, index: str, name: str, version: str, content: bytes = b"PK\x05\x06" + bytes(18)) -> str:
+        fields = upload_fields(name, version, content, action="doc_upload")
+        reply = self.post_form(f"/alice/{index}/", fields, [("content", "docs.zip", content)])
+        self.assertEqual(reply.code, 200, reply.body)
+        sha = hashlib.sha256(content).hexdigest()
+        return f"alice/{index}/+f/{sha[:3]}/{sha[3:16]}/{name}-{version}.doc.zip"
+
+    def file_code(self, relpath: str) -> int:
+        return self.request("HEAD", f"/{relpath}", accept=None).code   # no body: no producer to drive
+
+    def projects(self, index: str) -> list[str]:
+        result: list[str] = self.request("GET", f"/alice/{index}").json["result"]["projects"]
+        return result
+
+    def assertForbidden(self, reply: Reply, serial: int) -> None:
+        self.assertEqual(reply.code, 403, reply.body)
+        self.assertUnchanged(serial)
+
+
+class ProjectGetTests(ReleaseTestCase):
+    def test_links_are_absolute_with_logs(self) -> None:
+        sdist = self.upload("dev", "Hello_Pkg", "1.0")
+        wheel = self.upload_wheel("dev", "hello-pkg", "1.0")
+        reply = self.request("GET", "/alice/dev/hello-pkg/")
+        self.assertEqual(reply.code, 200)
+        self.assertEqual(reply.json["type"], "projectconfig")
+        data = reply.json["result"]["1.0"]
+        self.assertEqual((data["name"], data["version"]), ("hello-pkg", "1.0"))   # the last upload's name
+        self.assertNotIn("+elinks", data)
+        self.assertNotIn("+shadowing", data)
+        links = {link["href"]: link for link in data["+links"]}
+        self.assertEqual(set(links), {f"{BASE}/{sdist}", f"{BASE}/{wheel}"})
+        link = links[f"{BASE}/{sdist}"]
+        sha = hashlib.sha256(b"Hello_Pkg-1.0.tar.gz in dev").hexdigest()
+        self.assertEqual(link["rel"], "releasefile")
+        self.assertEqual((link["hash_spec"], link["hashes"]), (f"sha256={sha}", {"sha256": sha}))
+        self.assertEqual([(e["what"], e["who"], e["dst"]) for e in link["log"]], [("upload", "alice", "alice/dev")])
+        self.assertNotIn("entrypath", link)
+        self.assertNotIn("_log", link)
+        self.assertEqual(self.request("GET", "/alice/dev/hello-pkg").json, reply.json)
+
+    def test_hrefs_use_the_outside_url_with_its_prefix(self) -> None:
+        relpath = self.upload("dev", "pkg", "1.0")
+        headers = {"X-Outside-Url": "http://outside.example/devpi"}
+        for path in ("/alice/dev/pkg/", "/devpi/alice/dev/pkg/"):
+            reply = self.request("GET", path, headers=headers)
+            self.assertEqual(reply.code, 200, path)
+            hrefs = [link["href"] for link in reply.json["result"]["1.0"]["+links"]]
+            self.assertEqual(hrefs, [f"http://outside.example/devpi/{relpath}"])
+
+    def test_versions_through_bases_with_shadowing(self) -> None:
+        self.add_index("alice", "prod")
+        self.request("PATCH", "/alice/dev", ["bases+=alice/prod"], auth=ALICE)
+        prod_10 = self.upload("prod", "pkg", "1.0")
+        self.upload("prod", "pkg", "0.9")
+        dev_10 = self.upload("dev", "pkg", "1.0", content=b"dev build")
+        self.upload("dev", "pkg", "2.0")
+        result = self.request("GET", "/alice/dev/pkg/").json["result"]
+        self.assertEqual(list(result), ["0.9", "1.0", "2.0"])
+        self.assertEqual([link["href"] for link in result["1.0"]["+links"]], [f"{BASE}/{dev_10}"])
+        shadowed = result["1.0"]["+shadowing"]
+        self.assertEqual([[link["href"] for link in s["+links"]] for s in shadowed], [[f"{BASE}/{prod_10}"]])
+        self.assertNotIn("+shadowing", result["2.0"])
+        own = self.request("GET", "/alice/dev/pkg/?ignore_bases=").json["result"]
+        self.assertEqual(list(own), ["1.0", "2.0"])
+        self.assertNotIn("+shadowing", own["1.0"])
+        # a project only in the base: known (200, empty) with ignore_bases, listed without
+        self.upload("prod", "other", "1.0")
+        self.assertEqual(self.request("GET", "/alice/dev/other?ignore_bases").json["result"], {})
+        self.assertEqual(list(self.request("GET", "/alice/dev/other").json["result"]), ["1.0"])
+
+    def test_registered_version_without_files(self) -> None:
+        reply = self.post_form("/alice/dev/", [(":action", "submit"), ("name", "pkg"), ("version", "3.0")], [])
+        self.assertEqual(reply.code, 200)
+        result = self.request("GET", "/alice/dev/pkg").json["result"]
+        self.assertEqual(result["3.0"]["+links"], [])
+
+    def test_accept_rules(self) -> None:
+        self.upload("dev", "pkg", "1.0")
+        for accept in ("*/*", None, "application/*"):
+            reply = self.request("GET", "/alice/dev/pkg", accept=accept)
+            self.assertEqual(reply.code, 415, accept)
+            self.assertTrue(reply.message.startswith("unsupported media type"), reply.message)
+        self.assertEqual(self.request("GET", "/alice/dev/pkg", accept="text/html").code, 404)
+
+    def test_not_found(self) -> None:
+        reply = self.request("GET", "/alice/dev/nope/")
+        self.assertEqual((reply.code, reply.message), (404, "no project 'nope'"))
+        reply = self.request("GET", "/alice/missing/pkg")
+        self.assertEqual((reply.code, reply.message), (404, "The stage alice/missing could not be found."))
+
+    def test_non_normalized_name_redirects(self) -> None:
+        self.upload("dev", "hello-pkg", "1.0")
+        cases = [("/alice/dev/Hello_Pkg/?ignore_bases=", f"{BASE}/alice/dev/hello-pkg/"),
+                 ("/alice/dev/Hello.Pkg", f"{BASE}/alice/dev/hello-pkg"),
+                 ("/alice/dev/Hello_Pkg/1.0", f"{BASE}/alice/dev/hello-pkg/1.0")]
+        for path, location in cases:
+            response = self.successResultOf(self.http.get(BASE + path, allow_redirects=False,
+                                                          headers={"Accept": "application/json"}))
+            self.assertEqual((response.code, response.headers.getRawHeaders("location")), (302, [location]), path)
+
+    def test_other_methods_are_404(self) -> None:
+        self.upload("dev", "pkg", "1.0")
+        serial = self.server.store.serial
+        for method in ("PUT", "POST", "PATCH"):
+            self.assertEqual(self.request(method, "/alice/dev/pkg", {}, auth=ALICE).code, 404, method)
+        self.assertEqual(self.request("PUT", "/alice/dev/pkg/1.0", {}, auth=ALICE).code, 404)
+        self.assertUnchanged(serial)
+
+
+class VersionGetTests(ReleaseTestCase):
+    def test_versiondata_with_shadowing(self) -> None:
+        self.add_index("alice", "prod")
+        self.request("PATCH", "/alice/dev", ["bases+=alice/prod"], auth=ALICE)
+        prod = self.upload("prod", "pkg", "1.0")
+        dev = self.upload("dev", "pkg", "1.0", content=b"other")
+        reply = self.request("GET", "/alice/dev/pkg/1.0")
+        self.assertEqual(reply.json["type"], "versiondata")
+        result = reply.json["result"]
+        self.assertEqual([link["href"] for link in result["+links"]], [f"{BASE}/{dev}"])
+        self.assertEqual([link["href"] for link in result["+shadowing"][0]["+links"]], [f"{BASE}/{prod}"])
+        self.assertEqual(self.request("GET", "/alice/dev/pkg/1.0/").json, reply.json)
+
+    def test_missing_version(self) -> None:
+        self.upload("dev", "pkg", "1.0")
+        reply = self.request("GET", "/alice/dev/pkg/9.9")
+        self.assertEqual((reply.code, reply.message), (404, "The version 9.9 of project pkg does not exist."))
+        self.assertEqual(self.request("GET", "/alice/dev/pkg/1.0", accept="text/html").code, 404)
+
+
+class DeleteProjectTests(ReleaseTestCase):
+    def test_delete_on_volatile_index(self) -> None:
+        first = self.upload("vol", "pkg", "1.0")
+        second = self.upload("vol", "pkg", "2.0")
+        self.upload("vol", "other", "1.0")
+        serial = self.server.store.serial
+        reply = self.request("DELETE", "/alice/vol/pkg", auth=ALICE)
+        self.assertEqual((reply.code, reply.message), (200, "project pkg deleted from stage alice/vol"))
+        self.assertEqual(reply.headers["x-devpi-serial"], str(serial + 1))
+        self.assertEqual(self.projects("vol"), ["other"])
+        self.assertEqual((self.file_code(first), self.file_code(second)), (410, 410))
+        self.assertIsNone(self.server.store.get(version_key("alice", "vol", "pkg", "1.0")))
+        self.assertEqual(self.request("GET", "/alice/vol/pkg").code, 404)
+
+    def test_non_volatile_needs_force(self) -> None:
+        relpath = self.upload("dev", "Pkg", "1.0")
+        serial = self.server.store.serial
+        reply = self.request("DELETE", "/alice/dev/Pkg/", auth=ALICE)
+        self.assertEqual((reply.code, reply.message), (403, "project 'pkg' is on non-volatile index alice/dev"))
+        self.assertUnchanged(serial)
+        reply = self.request("DELETE", "/alice/dev/Pkg/?force=", auth=ALICE)
+        self.assertEqual((reply.code, reply.message), (200, "project pkg deleted from stage alice/dev"))
+        self.assertEqual(self.file_code(relpath), 410)
+        self.assertIsNone(self.server.store.get(project_key("alice", "dev", "pkg")))
+
+    def test_not_found(self) -> None:
+        serial = self.server.store.serial
+        for path in ("/alice/vol/nope", "/alice/dev/nope?force", "/root/pypi/pkg?force"):
+            reply = self.request("DELETE", path, auth=self.root() if "root" in path else ALICE)
+            self.assertEqual((reply.code, reply.message), (404, "project not found"), path)
+        reply = self.request("DELETE", "/alice/missing/pkg", auth=ALICE)
+        self.assertEqual((reply.code, reply.message), (404, "The stage alice/missing could not be found."))
+        self.assertUnchanged(serial)
+
+    def test_permissions(self) -> None:
+        self.request("PATCH", "/alice/vol", ["acl_upload+=carol"], auth=ALICE)
+        allowed = {"anonymous": False, "bob": False, "alice": True, "carol": True, "root": True}
+        for who, expected in allowed.items():
+            self.upload("vol", "pkg", "1.0")
+            auth = {"anonymous": None, "bob": BOB, "alice": ALICE, "carol": CAROL, "root": self.root()}[who]
+            serial = self.server.store.serial
+            reply = self.request("DELETE", "/alice/vol/pkg", auth=auth)
+            if expected:
+                self.assertEqual(reply.code, 200, who)
+            else:
+                self.assertForbidden(reply, serial)
+                self.assertEqual(reply.json["code"], 403)   # framework shape
+
+
+class RestrictModifyTests(ReleaseTestCase):
+    restrict_modify = ("carol",)
+
+    def setUp(self) -> None:
+        ServerTestCase.setUp(self)
+        # With --restrict-modify only carol may create users and indexes: write them directly.
+        with self.server.store.write() as tx:
+            for name, password in (ALICE, BOB, CAROL):
+                tx.set(user_key(name), new_user_record(cheap_hash(password), {}, tx.at))
+            tx.set(index_key("alice", "rm"), new_index_config("alice", {}, base_exists=lambda b: True))
+
+    def test_delete_permissions(self) -> None:
+        # del_*: acl_upload principals (alice) plus the restrict-modify list (carol); not root
+        for who, auth, expected in (("root", self.root(), 403), ("bob", BOB, 403),
+                                    ("carol", CAROL, 200), ("alice", ALICE, 200)):
+            self.upload("rm", "pkg", "1.0")
+            serial = self.server.store.serial
+            reply = self.request("DELETE", "/alice/rm/pkg/1.0", auth=auth)
+            self.assertEqual(reply.code, expected, who)
+            if expected == 403:
+                self.assertUnchanged(serial)
+
+
+class DeleteVersionTests(ReleaseTestCase):
+    def test_delete_on_volatile_index(self) -> None:
+        old = self.upload("vol", "pkg", "1.0")
+        self.upload_doc("vol", "pkg", "1.0")
+        new = self.upload("vol", "pkg", "2.0")
+        reply = self.request("DELETE", "/alice/vol/pkg/1.0", auth=ALICE)
+        self.assertEqual((reply.code, reply.message), (200, "project 'pkg' version '1.0' deleted"))
+        self.assertEqual(list(self.request("GET", "/alice/vol/pkg").json["result"]), ["2.0"])
+        self.assertEqual((self.file_code(old), self.file_code(new)), (410, 200))
+        reply = self.request("DELETE", "/alice/vol/pkg/2.0/", auth=ALICE)
+        self.assertEqual(reply.code, 200)
+        self.assertEqual(self.projects("vol"), [])
+
+    def test_non_volatile_needs_force(self) -> None:
+        relpath = self.upload("dev", "pkg", "1.0")
+        serial = self.server.store.serial
+        reply = self.request("DELETE", "/alice/dev/pkg/1.0", auth=ALICE)
+        self.assertEqual((reply.code, reply.message), (403, "cannot delete version on non-volatile index"))
+        self.assertUnchanged(serial)
+        self.assertEqual(self.request("DELETE", "/alice/dev/pkg/1.0?force", auth=ALICE).code, 200)
+        self.assertEqual(self.file_code(relpath), 410)
+
+    def test_not_found(self) -> None:
+        self.upload("vol", "pkg", "1.0")
+        serial = self.server.store.serial
+        for path in ("/alice/vol/pkg/2.0", "/alice/vol/nope/1.0"):
+            reply = self.request("DELETE", path, auth=ALICE)
+            self.assertEqual(reply.code, 404, path)
+        self.assertEqual(self.request("DELETE", "/alice/vol/pkg/2.0", auth=ALICE, accept="text/html").code, 404)
+        self.assertUnchanged(serial)
+
+    def test_permissions(self) -> None:
+        self.upload("vol", "pkg", "1.0")
+        serial = self.server.store.serial
+        for auth in (None, BOB):
+            reply = self.request("DELETE", "/alice/vol/pkg/1.0", auth=auth)
+            self.assertForbidden(reply, serial)
+        self.assertEqual(self.request("DELETE", "/alice/vol/pkg/1.0", auth=self.root()).code, 200)
