@@ -372,7 +372,7 @@ def measure_mirror(ctx: Context) -> None:
 def measure_replication(ctx: Context) -> None:
     """7. Replication lag from upload to the replica's page, and catch-up of a fresh replica."""
     status = "not built yet" if not _feature_exists("devpitx/replica/puller.py") else "not measured yet"
-    rows = (("replication.lag.p50", "replication lag p50", "ms", [Target("devpitx<=", 20)]),
+    rows: tuple[tuple[str, str, str, list[Target]], ...] = (("replication.lag.p50", "replication lag p50", "ms", [Target("devpitx<=", 20)]),
             ("replication.lag.p99", "replication lag p99", "ms", []),
             ("replication.catchup", "fresh replica catch-up on 10,000 files", "s", [Target("ratio<=", 0.1)]),
             ("replication.rss", "replica RSS after catch-up", "MiB", [Target("devpitx<", 200)]))

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -42,8 +43,17 @@ from bench.seed import Plan, Seeded, build_corpus, seed  # noqa: E402
 
 RESULTS_DIR = servers.BENCH_DIR / "results"
 DOC_PATH = servers.REPO / "docs" / "performance.md"
-QUICK = {"rounds": 2, "duration": 3.0, "concurrencies": (1, 10, 64)}
-FULL = {"rounds": 2, "duration": 10.0, "concurrencies": (1, 10, 16, 64)}
+
+
+@dataclass(frozen=True)
+class Preset:
+    rounds: int
+    wrk_seconds: float
+    concurrencies: tuple[int, ...]
+
+
+QUICK = Preset(rounds=2, wrk_seconds=3.0, concurrencies=(1, 10, 64))
+FULL = Preset(rounds=2, wrk_seconds=10.0, concurrencies=(1, 10, 16, 64))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -108,9 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     plan = Plan.quick_plan() if args.quick else Plan.full()
     if args.scale != 1.0:
         plan = plan.scaled(args.scale)
-    rounds = args.rounds or int(preset["rounds"])  # type: ignore[call-overload]
-    duration = args.duration or float(preset["duration"])  # type: ignore[arg-type]
-    concurrencies = tuple(preset["concurrencies"])  # type: ignore[arg-type]
+    rounds = args.rounds or preset.rounds
+    duration = args.duration or preset.wrk_seconds
+    concurrencies = preset.concurrencies
     wanted = [n for n in args.servers.split(",") if n]
     only = [m for m in args.only.split(",") if m] or list(MEASURES)
     started = time.monotonic()

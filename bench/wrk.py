@@ -67,17 +67,17 @@ def parse_wrk(output: str) -> WrkResult:
     if set(latency) != {50, 75, 90, 99}:
         raise WrkError(f"no latency distribution in wrk output (run with --latency):\n{output}")
     errors: dict[str, int] = {}
-    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
-    if m:
-        errors = dict(zip(("connect", "read", "write", "timeout"), map(int, m.groups())))
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    if sock:
+        errors = dict(zip(("connect", "read", "write", "timeout"), map(int, sock.groups())))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     return WrkResult(
         requests=int(total.group(1)),
         duration_s=_number(total.group(2), _TIME_S, "duration"),
         bytes_read=int(_number(total.group(3), _BYTES, "byte count")),
         latency_us=latency,
         socket_errors=errors,
-        non_2xx=int(m.group(1)) if m else 0,
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
     )
 
 
