@@ -234,8 +234,9 @@ def start_server(
     serverdir.parent.mkdir(parents=True, exist_ok=True)
     if log_file is None:
         n = 0
-        while (log_file := serverdir.with_name(f"{serverdir.name}.log.{n}")).exists():
+        while (candidate := serverdir.with_name(f"{serverdir.name}.log.{n}")).exists():
             n += 1
+        log_file = candidate
     output_file = log_file.with_name(log_file.name + ".out")
     output = open(output_file, "wb")
     proc = subprocess.Popen(

@@ -31,6 +31,8 @@ from tests.helpers.server_process import (
 )
 
 CLIENT_TIMEOUT_SECONDS = 300.0
+# A command-line argument: text or a path.
+Arg = str | os.PathLike[str]
 _URL_RE = re.compile(r"[a-z][a-z0-9+.-]*://[^\s'\"]+", re.IGNORECASE)
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -70,16 +72,16 @@ class Clients:
 
     def run(
         self,
-        argv: Sequence[str],
+        argv: Sequence[Arg],
         *,
         check: bool = True,
         cwd: Path | None = None,
         timeout: float = CLIENT_TIMEOUT_SECONDS,
     ) -> subprocess.CompletedProcess[str]:
-        argv = [str(a) for a in argv]
-        assert_only_local_urls(argv)
+        args = [os.fspath(a) for a in argv]
+        assert_only_local_urls(args)
         result = subprocess.run(
-            argv,
+            args,
             env=dict(self.env),
             cwd=cwd or self.workdir,
             stdin=subprocess.DEVNULL,
@@ -89,7 +91,7 @@ class Clients:
         )
         if check and result.returncode != 0:
             raise AssertionError(
-                f"{shlex.join(argv)} exited {result.returncode}\n"
+                f"{shlex.join(args)} exited {result.returncode}\n"
                 f"--- stdout ---\n{result.stdout}\n--- stderr ---\n{result.stderr}"
             )
         return result
@@ -99,25 +101,21 @@ class Clients:
     def twine_upload(
         self, repository_url: str, files: Sequence[Path], user: str, password: str, *, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        return self.run(
-            [
+        argv: list[Arg] = [
                 sys.executable, "-m", "twine", "upload", "--non-interactive", "--disable-progress-bar",
                 "--repository-url", repository_url, "-u", user, "-p", password, *files,
-            ],
-            check=check,
-        )
+        ]
+        return self.run(argv, check=check)
 
     def uv_publish(
         self, publish_url: str, files: Sequence[Path], user: str, password: str, *, check: bool = True,
         extra: Sequence[str] = (),
     ) -> subprocess.CompletedProcess[str]:
-        return self.run(
-            [
+        argv: list[Arg] = [
                 uv_bin(), "publish", "--no-config", "--trusted-publishing", "never",
                 "--publish-url", publish_url, "--username", user, "--password", password, *extra, *files,
-            ],
-            check=check,
-        )
+        ]
+        return self.run(argv, check=check)
 
     # -- environments --------------------------------------------------------
 
@@ -132,13 +130,15 @@ class Clients:
         return path / "bin" / "python"
 
     def make_uv_venv(self, path: Path) -> Path:
-        self.run([uv_bin(), "venv", "--no-config", "--quiet", "--python", sys.executable, path])
+        argv: list[Arg] = [uv_bin(), "venv", "--no-config", "--quiet", "--python", sys.executable, path]
+        self.run(argv)
         return path / "bin" / "python"
 
     # -- installs ------------------------------------------------------------
 
-    def pip(self, python: Path, *args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.run([sys.executable, "-m", "pip", "--python", python, *args], check=check)
+    def pip(self, python: Path, *args: Arg, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv: list[Arg] = [sys.executable, "-m", "pip", "--python", python, *args]
+        return self.run(argv, check=check)
 
     def pip_install(
         self, python: Path, index_url: str, *reqs: str, extra: Sequence[str] = (), check: bool = True
@@ -149,28 +149,26 @@ class Clients:
 
     def pip_download(self, index_url: str, dest: Path, *reqs: str, extra: Sequence[str] = ()) -> list[Path]:
         dest.mkdir(parents=True, exist_ok=True)
-        self.run(
-            [
-                sys.executable, "-m", "pip", "download", "--no-cache-dir", "--no-deps",
-                "--index-url", index_url, "--dest", dest, *extra, *reqs,
-            ]
-        )
+        argv: list[Arg] = [
+            sys.executable, "-m", "pip", "download", "--no-cache-dir", "--no-deps",
+            "--index-url", index_url, "--dest", dest, *extra, *reqs,
+        ]
+        self.run(argv)
         return sorted(dest.iterdir())
 
     def uv_pip_install(
         self, python: Path, index_url: str, *reqs: str, extra: Sequence[str] = (), check: bool = True
     ) -> subprocess.CompletedProcess[str]:
-        return self.run(
-            [
-                uv_bin(), "pip", "install", "--no-config", "--no-cache", "--no-deps",
-                "--python", python, "--index-url", index_url, *extra, *reqs,
-            ],
-            check=check,
-        )
+        argv: list[Arg] = [
+            uv_bin(), "pip", "install", "--no-config", "--no-cache", "--no-deps",
+            "--python", python, "--index-url", index_url, *extra, *reqs,
+        ]
+        return self.run(argv, check=check)
 
     def installed_version(self, python: Path, module: str) -> str:
         """``module.__version__`` as seen by the venv's interpreter."""
-        result = self.run([python, "-c", f"import {module}; print({module}.__version__)"], cwd=self.workdir)
+        argv: list[Arg] = [python, "-c", f"import {module}; print({module}.__version__)"]
+        result = self.run(argv, cwd=self.workdir)
         return result.stdout.strip()
 
 

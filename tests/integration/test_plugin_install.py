@@ -32,16 +32,26 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import Clients
+from tests.integration.conftest import Arg, Clients
 
 pytestmark = pytest.mark.integration
 
 CHECKOUT = Path(__file__).resolve().parents[2]
-# Development and VCS clutter that is not part of an sdist-like source tree.
-_IGNORE = shutil.ignore_patterns(
-    ".git", ".venv", "venv", ".tox", "build", "dist", "*.egg-info", "__pycache__", "*.pyc",
-    "dropin.cache", ".pytest_cache", ".mypy_cache", ".hypothesis", "_trial_temp*", "tests", "bench",
-)
+# What `pip install <checkout>` needs: the build configuration and the packages
+# named in pyproject.toml. Copying only these (not tests/, bench/, .git, ...)
+# keeps the copy small and independent of unrelated files being edited.
+_SOURCE_ENTRIES = ("pyproject.toml", "setup.cfg", "setup.py", "MANIFEST.in", "README.md", "LICENSE", "devpitx", "twisted")
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "dropin.cache")
+
+
+def copy_source_tree(dest: Path) -> None:
+    dest.mkdir()
+    for name in _SOURCE_ENTRIES:
+        src = CHECKOUT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=_IGNORE)
+        elif src.is_file():
+            shutil.copy2(src, dest / name)
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +59,7 @@ def installed_venv(tmp_path_factory: pytest.TempPathFactory, clients: Clients) -
     """A fresh venv with devpitx installed from a copy of the checkout; returns its python."""
     base = tmp_path_factory.mktemp("plugin")
     source = base / "source"
-    shutil.copytree(CHECKOUT, source, ignore=_IGNORE)
+    copy_source_tree(source)
     venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
@@ -87,7 +97,7 @@ def test_package_and_plugin_come_from_the_installed_copy(installed_venv: Path, c
 def test_twistd_lists_devpitx(installed_venv: Path, clients: Clients) -> None:
     # twistd has no console script in the fresh venv (Twisted lives in the
     # outer venv), so start it through its module entry point.
-    twistd = [installed_venv, "-c", "from twisted.scripts.twistd import run; run()"]
+    twistd: list[Arg] = [installed_venv, "-c", "from twisted.scripts.twistd import run; run()"]
     listing = clients.run([*twistd, "--help"], cwd=installed_venv.parent)
     commands = listing.stdout.split("Commands:", 1)[1]
     assert any(line.split()[:1] == ["devpitx"] for line in commands.splitlines()), listing.stdout

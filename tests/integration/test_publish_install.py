@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 from urllib.parse import urljoin
 
 import pytest
@@ -61,11 +62,12 @@ def released(
     return Released(RELEASED, wheel, sdist)
 
 
-def project_page(user: IndexUser, project: str, index: str | None = None) -> dict:
+def project_page(user: IndexUser, project: str, index: str | None = None) -> dict[str, Any]:
     index = index or f"{user.name}/{user.index}"
     resp = expect(simple_project_json(user.base_url, index, normalize_name(project)), 200, f"simple page {project}")
     assert resp.headers.get_content_type() == SIMPLE_JSON, resp.headers
-    return resp.json()
+    page: dict[str, Any] = resp.json()
+    return page
 
 
 def page_url(user: IndexUser, project: str, index: str | None = None) -> str:
