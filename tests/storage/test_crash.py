@@ -340,6 +340,18 @@ def run_crashing(serverdir: Path, target: str, nth: int) -> bool:
     return code == _CRASHED
 
 
+@pytest.fixture
+def no_disk_flush(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make os.fsync return at once (it is still counted and still fails when injected).
+
+    A process crash cannot lose what already reached the kernel, so flushing
+    to the disk changes nothing in these tests, it only makes them slow. What
+    must be flushed, and when, is checked by the DirectoryAudit tests below.
+    """
+    monkeypatch.setattr(os, "fsync", lambda fd: None)
+
+
+@pytest.mark.usefixtures("no_disk_flush")
 @pytest.mark.parametrize("target", TARGETS)
 def test_failure_at_every_point_reopens_to_before_or_after(
     target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -360,6 +372,7 @@ def test_failure_at_every_point_reopens_to_before_or_after(
     assert outcomes == OUTCOMES[target]
 
 
+@pytest.mark.usefixtures("no_disk_flush")
 @pytest.mark.parametrize("target", TARGETS)
 def test_failure_leaves_store_usable_only_before_publication(
     target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -10,12 +10,14 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -55,6 +57,13 @@ def prefixes_of(keys: Iterable[str]) -> set[str]:
         parts = key.split("/")
         found.update("/".join(parts[:n]) for n in range(1, len(parts) + 1))
     return found
+
+
+@pytest.fixture(autouse=True)
+def no_disk_flush(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Failures here are exceptions in this process, which cannot lose what reached
+    # the kernel: flushing to the disk would only make every example slow.
+    monkeypatch.setattr(os, "fsync", lambda fd: None)
 
 
 class StoreMachine(RuleBasedStateMachine):
