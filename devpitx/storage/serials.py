@@ -19,10 +19,14 @@ class SerialWaiter:
         """Fire with the current serial once it is >= ``serial``, or None after ``timeout``."""
         if serial <= self._current:
             return succeed(self._current)
-        d: Deferred[int | None] = Deferred(lambda d: self._waiting.pop(d, None))
+        d: Deferred[int | None] = Deferred(self._forget)
         self._waiting[d] = serial
         d.addTimeout(timeout, self._clock, onTimeoutCancel=lambda _result, _t: None)
         return d
+
+    def _forget(self, d: Deferred[int | None]) -> None:
+        # Canceller: a cancelled (or timed-out) wait must not be kept alive or fired later.
+        self._waiting.pop(d, None)
 
     def committed(self, serial: int) -> None:
         self._current = serial
