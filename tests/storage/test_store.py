@@ -318,6 +318,18 @@ def test_file_entries_drive_the_files_links(store: Store) -> None:
     assert store.blobs.has(one) and store.blobs.has(two)
 
 
+def test_core_metadata_gets_a_metadata_link(store: Store) -> None:
+    wheel, metadata = store.blobs.put_bytes(b"wheel"), store.blobs.put_bytes(b"Metadata-Version: 2.1")
+    relpath = "u/i/+f/abc/def/p-1-py3-none-any.whl"
+    entry = {"hashes": {"sha256": wheel}, "last_modified": "x", "+core_metadata": {"sha256": metadata}}
+    commit(store, **{f"file/{relpath}": entry})
+    files = store.serverdir / "+files"
+    assert os.path.samefile(files / relpath, store.blobs.path_for(wheel))
+    assert os.path.samefile(files / f"{relpath}.metadata", store.blobs.path_for(metadata))
+    commit(store, **{f"file/{relpath}": {}})
+    assert list(files.iterdir()) == []
+
+
 def test_no_link_without_content(store: Store) -> None:
     missing = "f" * 64
     present = store.blobs.put_bytes(b"present")
@@ -387,3 +399,33 @@ def test_open_from_another_process_is_locked(tmp_path: Path) -> None:
     finally:
         store.close()
     assert open_in_child() == "opened\n"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("file/u/i/+f/a/b/x.zip", {"hashes": {"sha256": "not-a-digest"}, "last_modified": "x"}),
+        ("file/u/i/+f/a/b/x.zip", {"hashes": {"sha256": 42}, "last_modified": "x"}),
+        ("file/u/i/+f/a/b/x.whl", {"+core_metadata": {"sha256": "0" * 63}}),
+        ("file/u/i/+f/../../etc/x.zip", {"hashes": {"sha256": "0" * 64}, "last_modified": "x"}),
+        ("file/u/i//x.zip", {}),
+        ("file/u/i/+f/a/b/x\x00.zip", {}),
+    ],
+)
+def test_a_file_entry_that_cannot_be_applied_is_refused_before_the_commit_point(
+    tmp_path: Path, key: str, value: Any
+) -> None:
+    # Failing only while applying would publish an entry that no replay can get past.
+    store = Store.open(tmp_path, Clock())
+    try:
+        commit(store, user__a={})
+        with pytest.raises(ValueError):
+            with store.write() as tx:
+                tx.set("user/b", {})
+                tx.set(key, value)
+        assert store.serial == 0 and store.get("user/b") is None
+        assert commit(store, user__c={}) == 1  # the store is still writable
+    finally:
+        store.close()
+    Store.open(tmp_path, Clock()).close()
+    assert not (tmp_path / "etc").exists()
