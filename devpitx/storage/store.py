@@ -154,6 +154,7 @@ class Store:
         if not changes:
             tx.serial = self.serial
             return
+        self._check_applicable(changes)
         entry = Entry(serial=self.journal.last_serial + 1, at=tx.at, changes=changes, blobs=tuple(tx.blobs))
         self._checkpoint("before-journal")
         try:
@@ -187,17 +188,47 @@ class Store:
         self._checkpoint("after-files")
         self.state.write_serial(entry.serial)
 
+    def _check_applicable(self, changes: Mapping[str, Any]) -> None:
+        """Refuse (ValueError) a change ``_apply`` could not carry out, before it is published.
+
+        Failing while applying comes after the commit point, and replay would
+        fail the same way on every later open: such an entry must never reach
+        the journal.
+        """
+        for key, value in changes.items():
+            if key.startswith("file/"):
+                relpath = relpath_of_file_key(key)
+                self.blobs.relpath_path(relpath)  # raises for an unsafe relpath
+                for digest in link_digests(value):
+                    if digest is not None:
+                        if not isinstance(digest, str):
+                            raise ValueError(f"file entry {relpath}: digest {digest!r} is not a string")
+                        self.blobs.path_for(digest)  # raises for a malformed digest
+
     def _sync_file_link(self, relpath: str, entry: Any) -> None:
         """``+files/<relpath>`` (and ``<relpath>.metadata``) exist iff the entry has content."""
-        entry = entry if isinstance(entry, dict) else {}
-        sha256 = entry.get("hashes", {}).get("sha256")
-        if sha256 and entry.get("last_modified") and self.blobs.has(sha256):
+        sha256, metadata_sha256 = link_digests(entry)
+        if sha256 and self.blobs.has(sha256):
             self.blobs.link_relpath(relpath, sha256)
         else:
             self.blobs.unlink_relpath(relpath)
-        metadata_sha256 = entry.get("+core_metadata", {}).get("sha256")
         if metadata_sha256 and self.blobs.has(metadata_sha256):
             self.blobs.link_relpath(relpath + ".metadata", metadata_sha256)
         else:
             self.blobs.unlink_relpath(relpath + ".metadata")
 
+
+def link_digests(entry: Any) -> tuple[Any, Any]:
+    """The blobs a file entry links under ``+files/``: (content, core metadata) sha256 or None.
+
+    Content counts once it is stored (``last_modified`` set); ``<relpath>.metadata``
+    is linked whenever the entry names a core-metadata blob. Values are as
+    recorded, not validated (``Store`` refuses malformed ones before commit).
+    """
+    if not isinstance(entry, dict):
+        return None, None
+    hashes = entry.get("hashes")
+    content = hashes.get("sha256") if isinstance(hashes, dict) and entry.get("last_modified") else None
+    core = entry.get("+core_metadata")
+    metadata = core.get("sha256") if isinstance(core, dict) else None
+    return content or None, metadata or None
