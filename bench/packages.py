@@ -15,7 +15,7 @@ import random
 import re
 import tarfile
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,10 +67,11 @@ def iter_payload(seed: str, size: int, chunk: int = _CHUNK_BYTES) -> Iterator[by
         left -= n
 
 
-def core_metadata(name: str, version: str, requires_python: str = "") -> str:
+def core_metadata(name: str, version: str, requires_python: str = "", requires_dist: Sequence[str] = ()) -> str:
     lines = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}", f"Summary: {SUMMARY}"]
     if requires_python:
         lines.append(f"Requires-Python: {requires_python}")
+    lines += [f"Requires-Dist: {req}" for req in requires_dist]
     return "\n".join(lines) + "\n\n"
 
 
@@ -86,12 +87,13 @@ def _zip_info(arcname: str) -> zipfile.ZipInfo:
     return info
 
 
-def _wheel_members(name: str, version: str, requires_python: str) -> tuple[str, list[tuple[str, bytes]]]:
+def _wheel_members(name: str, version: str, requires_python: str,
+                   requires_dist: Sequence[str] = ()) -> tuple[str, list[tuple[str, bytes]]]:
     base = escaped_name(name)
     distinfo = f"{base}-{version}.dist-info"
     members = [
         (f"{base}/__init__.py", f'"""{SUMMARY}."""\n__version__ = "{version}"\n'.encode()),
-        (f"{distinfo}/METADATA", core_metadata(name, version, requires_python).encode()),
+        (f"{distinfo}/METADATA", core_metadata(name, version, requires_python, requires_dist).encode()),
         (f"{distinfo}/WHEEL",
          b"Wheel-Version: 1.0\nGenerator: devpitx-bench\nRoot-Is-Purelib: true\nTag: py3-none-any\n\n"),
     ]
@@ -102,10 +104,11 @@ def wheel_filename(name: str, version: str) -> str:
     return f"{escaped_name(name)}-{version}-py3-none-any.whl"
 
 
-def make_wheel(name: str, version: str, payload_bytes: int = 0, requires_python: str = "") -> Dist:
+def make_wheel(name: str, version: str, payload_bytes: int = 0, requires_python: str = "",
+               requires_dist: Sequence[str] = ()) -> Dist:
     """A valid py3-none-any wheel whose package carries ``payload_bytes`` of data."""
     base = escaped_name(name)
-    distinfo, members = _wheel_members(name, version, requires_python)
+    distinfo, members = _wheel_members(name, version, requires_python, requires_dist)
     if payload_bytes:
         members.insert(1, (f"{base}/data.bin", payload(f"{name}-{version}-whl", payload_bytes)))
     record = "".join(f"{arc},{_record_hash(data)},{len(data)}\n" for arc, data in members)

@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             nginx.start()
             say(f"nginx on {nginx.url} (pid {nginx.proc.pid if nginx.proc else '?'})")
         ctx = Context(plan, corpus, ctx_servers, seeded, results, rounds, duration, concurrencies, wrk_exe, say,
-                      nginx=nginx, unavailable=unavailable)
+                      workdir, nginx=nginx, unavailable=unavailable)
         for key, fn in MEASURES.items():
             if key not in only:
                 continue

@@ -112,8 +112,9 @@ def create_user(session: Session) -> None:
     expect(reply, (201,), f"create user {USER}")
 
 
-def login(session: Session, password: str = PASSWORD) -> str:
-    reply = expect(session.json_request("POST", "/+login", {"user": USER, "password": password}), (200,), "login")
+def login(session: Session, password: str = PASSWORD, user: str = USER) -> str:
+    reply = expect(session.json_request("POST", "/+login", {"user": user, "password": password}), (200,),
+                   f"login {user}")
     token = reply.json()["result"]["password"]
     assert isinstance(token, str)
     return token

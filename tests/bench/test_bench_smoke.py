@@ -36,6 +36,7 @@ from bench.report import (
     update_doc,
 )
 from bench.seed import Plan, file_path
+from bench.upstream import TREE, tree_dists, write_tree
 from bench.wrk import WrkError, parse_wrk, wrk_command
 
 WRK_OK = """\
@@ -302,3 +303,29 @@ def test_update_doc_creates_the_page(tmp_path: Path) -> None:
     text = doc.read_text()
     assert "python bench/run.py --quick" in text
     assert text.index(TABLE_START) < text.index("| measure |") < text.index(TABLE_END)
+
+
+# -- fake upstream of the mirror measure ------------------------------------------------------------
+
+
+def test_fake_upstream_tree_is_a_closed_valid_simple_index(tmp_path: Path) -> None:
+    from packaging.requirements import Requirement
+
+    dists = tree_dists()
+    assert set(dists) == set(TREE)
+    write_tree(tmp_path, dists)
+    listing = (tmp_path / "simple" / "index.html").read_text()
+    for name, files in dists.items():
+        assert f'<a href="{name}/">{name}</a>' in listing
+        page = (tmp_path / "simple" / name / "index.html").read_text()
+        for dist in files:
+            assert f'href="../../packages/{dist.filename}#sha256={dist.sha256}"' in page
+            served = tmp_path / "packages" / dist.filename
+            assert hashlib.sha256(served.read_bytes()).hexdigest() == dist.sha256
+            with zipfile.ZipFile(served) as zf:
+                metadata = zf.read(f"{name.replace('-', '_')}-{dist.version}.dist-info/METADATA").decode()
+            requires = [line.split(": ", 1)[1] for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
+            assert requires == list(TREE[name][1])
+            # every requirement can be satisfied from the tree itself: pip never looks elsewhere
+            for req in map(Requirement, requires):
+                assert any(req.specifier.contains(v) for v in TREE[req.name][0]), req
