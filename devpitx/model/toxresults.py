@@ -30,9 +30,14 @@ class Reader(Protocol):
 def check_report(raw: bytes) -> None:
     """The body must be JSON text in UTF-8 (it is served back as ``application/json``)."""
     try:
-        json.loads(raw.decode("utf-8"))
+        json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise ReleaseError(400, "Bad request: could not decode json") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    # NaN and Infinity are Python's extensions; other readers of the report would choke on them.
+    raise ValueError(f"{name} is not JSON")
 
 
 def release_link(view: Reader, user: str, index: str, relpath: str) -> tuple[str, str, dict[str, Any]] | None:

@@ -14,6 +14,7 @@ uploads) and hands them to :class:`Pusher`.
 from __future__ import annotations
 
 import base64
+import io
 import tempfile
 import uuid
 from collections.abc import Sequence
@@ -164,19 +165,16 @@ class Pusher:
                          file: tuple[str, Path] | None) -> tuple[int, str]:
         """POST one legacy-upload form; (status, response text)."""
         clock = self._server.clock
+        body: IO[bytes]
         if file is None:
-            filename, path = "", None
+            body, content_type = io.BytesIO(urlencode(list(fields)).encode()), "application/x-www-form-urlencoded"
         else:
             filename, path = file
-        if path is None:
-            data: Any = urlencode(list(fields)).encode()
-            content_type = "application/x-www-form-urlencoded"
-            body: IO[bytes] | None = None
-        else:
             body, content_type = await self._server.run_disk(write_multipart, fields, filename, path,
                                                              self._store.blobs.tmp_dir)
-            cooperator = Cooperator(scheduler=lambda step: clock.callLater(0, step))
-            data = FileBodyProducer(body, cooperator=cooperator)
+        # Bodies are produced on our clock, not on the global cooperator (which names the reactor).
+        cooperator = Cooperator(scheduler=lambda step: clock.callLater(0, step))
+        data = FileBodyProducer(body, cooperator=cooperator)
         credentials = base64.b64encode(f"{target.username}:{target.password}".encode()).decode("ascii")
         try:
             response = await self._http().post(
@@ -189,8 +187,7 @@ class Pusher:
                     kept.append(chunk)
             await treq.collect(response, collect)
         finally:
-            if body is not None:
-                body.close()
+            body.close()
         text = b"".join(kept)[:MAX_RESPONSE_TEXT_BYTES].decode("utf-8", "replace")
         return int(response.code), text
 

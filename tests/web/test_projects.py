@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Any, cast
 
 from devpitx.model.ixconfig import new_index_config
 from devpitx.model.users import new_user_record
@@ -58,6 +59,10 @@ class ReleaseTestCase(ServerTestCase):
         self.assertEqual(reply.code, 200, reply.body)
         sha = hashlib.sha256(content).hexdigest()
         return f"alice/{index}/+f/{sha[:3]}/{sha[3:16]}/{name}-{version}.doc.zip"
+
+    def stored(self, key: str) -> Any:
+        """The stored record (``{}`` for a deleted file entry, None if absent)."""
+        return self.server.store.get(key)
 
     def file_code(self, relpath: str) -> int:
         return self.request("HEAD", f"/{relpath}", accept=None).code   # no body: no producer to drive
@@ -149,7 +154,7 @@ class ProjectGetTests(ReleaseTestCase):
                  ("/alice/dev/Hello.Pkg", f"{BASE}/alice/dev/hello-pkg"),
                  ("/alice/dev/Hello_Pkg/1.0", f"{BASE}/alice/dev/hello-pkg/1.0")]
         for path, location in cases:
-            response = self.successResultOf(self.http.get(BASE + path, allow_redirects=False,
+            response = self.successResultOf(cast(Any, self.http).get(BASE + path, allow_redirects=False,
                                                           headers={"Accept": "application/json"}))
             self.assertEqual((response.code, response.headers.getRawHeaders("location")), (302, [location]), path)
 
@@ -193,7 +198,7 @@ class DeleteProjectTests(ReleaseTestCase):
         self.assertEqual(reply.headers["x-devpi-serial"], str(serial + 1))
         self.assertEqual(self.projects("vol"), ["other"])
         self.assertEqual((self.file_code(first), self.file_code(second)), (410, 410))
-        self.assertIsNone(self.server.store.get(version_key("alice", "vol", "pkg", "1.0")))
+        self.assertIsNone(self.stored(version_key("alice", "vol", "pkg", "1.0")))
         self.assertEqual(self.request("GET", "/alice/vol/pkg").code, 404)
 
     def test_non_volatile_needs_force(self) -> None:
@@ -205,7 +210,7 @@ class DeleteProjectTests(ReleaseTestCase):
         reply = self.request("DELETE", "/alice/dev/Pkg/?force=", auth=ALICE)
         self.assertEqual((reply.code, reply.message), (200, "project pkg deleted from stage alice/dev"))
         self.assertEqual(self.file_code(relpath), 410)
-        self.assertIsNone(self.server.store.get(project_key("alice", "dev", "pkg")))
+        self.assertIsNone(self.stored(project_key("alice", "dev", "pkg")))
 
     def test_not_found(self) -> None:
         serial = self.server.store.serial
