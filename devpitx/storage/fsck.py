@@ -4,7 +4,8 @@ Checks what DESIGN.md §2 promises: the journal is a contiguous sequence of
 readable entries from serial 0; ``state/`` equals a replay of the journal (up
 to what the next start would replay anyway); every blob named by a live file
 entry exists and, with ``checksums``, has the digests the entry records;
-``+files/`` holds exactly one hard link per live file entry; no temporary
+``+files/`` holds exactly the hard links the live file entries call for
+(content, and ``.metadata`` for core metadata); no temporary
 files are left where the server would not remove them itself.
 
 Nothing is modified. The directory lock is taken (shared) for the duration,
@@ -35,7 +36,7 @@ from devpitx.storage.blobs import COPY_CHUNK_BYTES, BlobStore
 from devpitx.storage.journal import Entry, Journal
 from devpitx.storage.keys import relpath_of_file_key, state_relpath
 from devpitx.storage.state import SERIAL_FILE
-from devpitx.storage.store import StoreLocked
+from devpitx.storage.store import StoreLocked, link_digests
 
 Progress = Callable[[str], None]
 
@@ -142,13 +143,14 @@ def _validate_entry(entry: Entry) -> str | None:
     return None
 
 
-def _live_sha256(value: Any) -> str | None:
-    """The content digest of a file entry whose content is recorded (same rule as Store)."""
-    if not isinstance(value, dict) or not value.get("last_modified"):
-        return None
-    hashes = value.get("hashes")
-    sha256 = hashes.get("sha256") if isinstance(hashes, dict) else None
-    return sha256 if sha256 else None
+@dataclass(frozen=True)
+class _Link:
+    """One ``+files/`` link a live file entry calls for."""
+
+    sha256: str
+    relpath: str  # of the file entry
+    what: str  # "content" or "core metadata"
+    recorded: dict[str, Any]  # digests the entry records for this blob
 
 
 class _Checker:
@@ -311,50 +313,53 @@ class _Checker:
                 self.problem(f"state differs from the journal for key {key!r}")
 
     # -- blobs and +files ----------------------------------------------------------------------
-    def check_files(self, truth: dict[str, Any]) -> None:
-        # relpath -> sha256 of every file entry whose content should be on disk
-        live: dict[str, str] = {}
+    def expected_links(self, truth: dict[str, Any]) -> dict[str, _Link]:
+        """``+files/`` relpath -> what it must link to, by the same rule as the Store."""
+        links: dict[str, _Link] = {}
         for key, value in truth.items():
             if not key.startswith("file/"):
                 continue
-            sha256 = _live_sha256(value)
-            if sha256 is None:
-                continue
             relpath = relpath_of_file_key(key)
-            if not isinstance(sha256, str) or not _HEX64.match(sha256):
-                self.problem(f"file entry {relpath}: malformed sha256 {sha256!r}")
-                continue
             try:
                 self.blobs.relpath_path(relpath)
             except ValueError:
                 self.problem(f"file entry {relpath}: unsafe relpath")
                 continue
-            live[relpath] = sha256
-        self.report.files = len(live)
+            content, metadata = link_digests(value)
+            for digest, link, what in ((content, relpath, "content"), (metadata, f"{relpath}.metadata", "core metadata")):
+                if digest is None:
+                    continue
+                if not isinstance(digest, str) or not _HEX64.match(digest):
+                    self.problem(f"file entry {relpath}: malformed {what} sha256 {digest!r}")
+                    continue
+                recorded = value.get("hashes", {}) if what == "content" else {"sha256": digest}
+                links[link] = _Link(digest, relpath, what, recorded)
+        return links
 
+    def check_files(self, truth: dict[str, Any]) -> None:
+        links = self.expected_links(truth)
+        self.report.files = sum(1 for link in links.values() if link.what == "content")
         present: dict[str, bool] = {}
-        for relpath, sha256 in sorted(live.items()):
-            if sha256 not in present:
-                present[sha256] = self.blobs.has(sha256)
-            if not present[sha256]:
+        for link in sorted(links.values(), key=lambda link: (link.relpath, link.what)):
+            if link.sha256 not in present:
+                present[link.sha256] = self.blobs.has(link.sha256)
+            if not present[link.sha256]:
                 self.report.missing_blobs += 1
-                self.problem(f"file entry {relpath}: content missing (blob {sha256})")
+                self.problem(f"file entry {link.relpath}: {link.what} missing (blob {link.sha256})")
         if self.checksums:
-            self.check_checksums(truth, live, present)
-        self.check_links(live, present)
+            self.check_checksums(links, present)
+        self.check_links(links, present)
         for path in self._walk(self.blobs.root):
             if is_tmp_name(path.name) or not _HEX64.match(path.name) or self.blobs.path_for(path.name) != path:
                 self.problem(f"blobs/{path.relative_to(self.blobs.root)}: unexpected file")
 
-    def check_checksums(self, truth: dict[str, Any], live: dict[str, str], present: dict[str, bool]) -> None:
+    def check_checksums(self, links: dict[str, _Link], present: dict[str, bool]) -> None:
         # Every digest a live entry records is checked, but each blob is read once.
         wanted: dict[str, set[str]] = {}
-        for relpath, sha256 in live.items():
-            if present[sha256]:
-                algorithms = wanted.setdefault(sha256, {"sha256"})
-                for name in truth[f"file/{relpath}"].get("hashes", {}):
-                    if name in _CHECKED_DIGESTS:
-                        algorithms.add(name)
+        for link in links.values():
+            if present[link.sha256]:
+                algorithms = wanted.setdefault(link.sha256, {"sha256"})
+                algorithms.update(name for name in link.recorded if name in _CHECKED_DIGESTS)
         digests: dict[str, dict[str, str]] = {}
         for number, (sha256, algorithms) in enumerate(sorted(wanted.items())):
             self.tick(lambda: f"checksummed {number}/{len(wanted)} files")
@@ -365,17 +370,17 @@ class _Checker:
                         hasher.update(chunk)
             digests[sha256] = {name: hasher.hexdigest() for name, hasher in hashers.items()}
             self.report.blobs_checked += 1
-        for relpath, sha256 in sorted(live.items()):
-            if sha256 not in digests:
+        for link in sorted(links.values(), key=lambda link: (link.relpath, link.what)):
+            actual = digests.get(link.sha256)
+            if actual is None:
                 continue
-            recorded = truth[f"file/{relpath}"].get("hashes", {})
-            # The blob's name is the entry's sha256, so a damaged blob always fails that one.
-            wrong = sorted(n for n, d in digests[sha256].items() if recorded.get(n, d) != d)
+            # The blob is named by the sha256 the entry records, so a damaged blob always fails that one.
+            wrong = sorted(n for n, d in actual.items() if link.recorded.get(n, d) != d)
             if wrong:
                 self.report.bad_checksums += 1
-                self.problem(f"file entry {relpath}: content does not match its {', '.join(wrong)} digest")
+                self.problem(f"file entry {link.relpath}: {link.what} does not match its {', '.join(wrong)} digest")
 
-    def check_links(self, live: dict[str, str], present: dict[str, bool]) -> None:
+    def check_links(self, links: dict[str, _Link], present: dict[str, bool]) -> None:
         root = self.blobs.files_root
         seen: set[str] = set()
         for path in self._walk(root):
@@ -383,19 +388,19 @@ class _Checker:
             if is_tmp_name(path.name):
                 self.problem(f"+files/{relpath}: stray temporary file")
                 continue
-            sha256 = live.get(relpath)
-            if sha256 is None:
+            link = links.get(relpath)
+            if link is None:
                 self.problem(f"+files/{relpath}: no live file entry")
                 continue
             seen.add(relpath)
-            if not present[sha256]:
-                continue  # reported as missing content already
-            if not os.path.samefile(path, self.blobs.path_for(sha256)):
-                self.problem(f"+files/{relpath}: not a link to its content (blob {sha256})")
+            if not present[link.sha256]:
+                continue  # reported as missing already
+            if not os.path.samefile(path, self.blobs.path_for(link.sha256)):
+                self.problem(f"+files/{relpath}: not a link to its {link.what} (blob {link.sha256})")
                 continue
             self.report.links += 1
-        for relpath, sha256 in sorted(live.items()):
-            if relpath not in seen and present[sha256]:
+        for relpath, link in sorted(links.items()):
+            if relpath not in seen and present[link.sha256]:
                 self.problem(f"+files/{relpath}: link missing")
 
     def check_tmp_dir(self) -> None:

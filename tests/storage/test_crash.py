@@ -48,13 +48,22 @@ from devpitx.storage.store import COMMIT_STEPS, Store, StoreBroken
 
 
 def live_file_entries(values: Mapping[str, Any]) -> dict[str, str]:
-    """relpath -> sha256 of the file entries that must have a ``+files/`` link."""
+    """``+files/`` relpath -> sha256 for every link the file entries call for.
+
+    Content once stored (``last_modified``), and ``<relpath>.metadata`` for a
+    core-metadata blob (PEP 658); all blobs are present in these tests.
+    """
     live = {}
     for key, value in values.items():
-        if key.startswith("file/") and isinstance(value, dict) and value.get("last_modified"):
-            sha256 = value.get("hashes", {}).get("sha256")
-            if sha256:
-                live[key[len("file/"):]] = sha256
+        if not key.startswith("file/") or not isinstance(value, dict):
+            continue
+        relpath = key[len("file/"):]
+        sha256 = value.get("hashes", {}).get("sha256")
+        if sha256 and value.get("last_modified"):
+            live[relpath] = sha256
+        metadata = value.get("+core_metadata", {}).get("sha256")
+        if metadata:
+            live[f"{relpath}.metadata"] = metadata
     return live
 
 
@@ -133,8 +142,10 @@ def assert_reopens_to(serverdir: Path, expected: Mapping[str, Any]) -> None:
 
 OLD_CONTENT = b"pkg-1.0 sdist bytes"
 NEW_CONTENT = b"pkg-2.0 wheel bytes"
+NEW_METADATA = b"Metadata-Version: 2.1\nName: pkg\nVersion: 2.0\n"
 OLD_SHA = hashlib.sha256(OLD_CONTENT).hexdigest()
 NEW_SHA = hashlib.sha256(NEW_CONTENT).hexdigest()
+NEW_METADATA_SHA = hashlib.sha256(NEW_METADATA).hexdigest()
 OLD_RELPATH = f"alice/dev/+f/{OLD_SHA[:3]}/{OLD_SHA[3:16]}/pkg-1.0.tar.gz"
 NEW_RELPATH = f"alice/dev/+f/{NEW_SHA[:3]}/{NEW_SHA[3:16]}/pkg-2.0-py3-none-any.whl"
 
@@ -165,7 +176,7 @@ CHANGES: dict[str, Any] = {
     "version/alice/dev/pkg/1.0": None,
     "version/alice/dev/pkg/2.0": {"name": "pkg", "version": "2.0"},
     file_key(OLD_RELPATH): {},
-    file_key(NEW_RELPATH): file_entry(NEW_SHA, "2.0"),
+    file_key(NEW_RELPATH): {**file_entry(NEW_SHA, "2.0"), "+core_metadata": {"sha256": NEW_METADATA_SHA}},
 }
 AFTER: dict[str, Any] = {k: v for k, v in {**BEFORE, **CHANGES}.items() if v is not None}
 EXPECTED = {"before": BEFORE, "after": AFTER}
@@ -186,6 +197,7 @@ def build_history(serverdir: Path) -> None:
 
 def commit_under_test(store: Store) -> int:
     sha256 = store.blobs.put_bytes(NEW_CONTENT)
+    metadata_sha256 = store.blobs.put_bytes(NEW_METADATA)
     with store.write() as tx:
         for key, value in CHANGES.items():
             if value is None:
@@ -193,6 +205,7 @@ def commit_under_test(store: Store) -> int:
             else:
                 tx.set(key, value)
         tx.add_blob(sha256)
+        tx.add_blob(metadata_sha256)
     assert tx.serial is not None
     return tx.serial
 
@@ -502,7 +515,7 @@ def test_replay_after_deleting_state_and_files_reproduces_everything(tmp_path: P
         store.close()
     state_before = _state_files(serverdir)
     links_before = {rel: os.stat(path).st_ino for rel, path in files_links(serverdir).items()}
-    assert len(links_before) == 1
+    assert len(links_before) == 2  # the wheel and its .metadata
 
     shutil.rmtree(serverdir / "state")
     shutil.rmtree(serverdir / "+files")

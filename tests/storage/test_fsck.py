@@ -17,7 +17,10 @@ from devpitx.storage.keys import state_relpath
 from devpitx.storage.store import Store, StoreLocked
 
 ONE, TWO, MIRRORED = b"one-1.0.tar.gz bytes", b"two-2.0.whl bytes", b"mirrored bytes"
-SHA_ONE, SHA_TWO, SHA_MIRRORED = (hashlib.sha256(c).hexdigest() for c in (ONE, TWO, MIRRORED))
+METADATA = b"Metadata-Version: 2.1\nName: two\nVersion: 2.0\n"
+SHA_ONE, SHA_TWO, SHA_MIRRORED, SHA_METADATA = (
+    hashlib.sha256(c).hexdigest() for c in (ONE, TWO, MIRRORED, METADATA)
+)
 REL_ONE = f"u/dev/+f/{SHA_ONE[:3]}/{SHA_ONE[3:16]}/one-1.0.tar.gz"
 REL_TWO = f"u/dev/+f/{SHA_TWO[:3]}/{SHA_TWO[3:16]}/two-2.0.whl"
 REL_GONE = "u/dev/+f/000/0000000000000/gone-1.0.zip"
@@ -36,7 +39,7 @@ def serverdir(tmp_path: Path) -> Path:
     path = tmp_path / "srv"
     store = Store.open(path, Clock())
     try:
-        for content in (ONE, TWO, MIRRORED):
+        for content in (ONE, TWO, MIRRORED, METADATA):
             store.blobs.put_bytes(content)
         with store.write() as tx:
             tx.set("user/u", {"username": "u"})
@@ -45,9 +48,10 @@ def serverdir(tmp_path: Path) -> Path:
         with store.write() as tx:
             tx.set("version/u/dev/one/1.0", {"name": "one"})
             tx.set(f"file/{REL_ONE}", live(SHA_ONE))
-            tx.set(f"file/{REL_TWO}", live(SHA_TWO))
+            tx.set(f"file/{REL_TWO}", {**live(SHA_TWO), "+core_metadata": {"sha256": SHA_METADATA}})
             tx.set(f"file/{REL_GONE}", {})
             tx.add_blob(SHA_TWO)
+            tx.add_blob(SHA_METADATA)
         with store.write() as tx:
             tx.set(f"file/{REL_MIRRORED}", live(SHA_MIRRORED, md5=hashlib.md5(MIRRORED).hexdigest()))
             tx.set(f"file/{REL_NOT_FETCHED}", {"hashes": {"sha256": "f" * 64}, "url": "https://upstream/m-2.zip"})
@@ -86,7 +90,7 @@ def test_a_healthy_directory_passes(serverdir: Path) -> None:
     assert (report.problems, report.notes) == ([], [])
     assert report.serial == 2 and report.entries == 3
     assert report.keys == 7  # user, version, 5 file entries
-    assert (report.files, report.links, report.blobs_checked) == (3, 3, 3)
+    assert (report.files, report.links, report.blobs_checked) == (3, 4, 4)  # wheel + its .metadata
     assert (report.missing_blobs, report.bad_checksums) == (0, 0)
     assert messages[:3] == ["checking journal", "checking state", "checking files"]
     assert messages[-1] == "done: 0 problem(s)"
@@ -337,12 +341,37 @@ def test_malformed_sha256_in_a_file_entry(serverdir: Path) -> None:
     entry["changes"][f"file/{REL_NOT_FETCHED}"] = {"hashes": {"sha256": "XYZ"}, "last_modified": LAST_MODIFIED}
     journal_path(serverdir, 2).write_text(json.dumps(entry))
     shutil.rmtree(serverdir / "state")
-    only_problem(check(serverdir), f"file entry {REL_NOT_FETCHED}: malformed sha256 'XYZ'")
+    only_problem(check(serverdir), f"file entry {REL_NOT_FETCHED}: malformed content sha256 'XYZ'")
 
 
 def test_missing_link(serverdir: Path) -> None:
     (serverdir / "+files" / REL_ONE).unlink()
     only_problem(check(serverdir), f"+files/{REL_ONE}: link missing")
+
+
+def test_missing_metadata_link(serverdir: Path) -> None:
+    (serverdir / "+files" / f"{REL_TWO}.metadata").unlink()
+    only_problem(check(serverdir), f"+files/{REL_TWO}.metadata: link missing")
+
+
+def test_missing_metadata_blob(serverdir: Path) -> None:
+    blob(serverdir, SHA_METADATA).unlink()
+    report = check(serverdir)
+    only_problem(report, f"file entry {REL_TWO}: core metadata missing (blob {SHA_METADATA})")
+    assert report.missing_blobs == 1
+
+
+def test_corrupt_metadata_blob(serverdir: Path) -> None:
+    with open(blob(serverdir, SHA_METADATA), "r+b") as f:
+        f.write(b"m")
+    only_problem(check(serverdir), f"file entry {REL_TWO}: core metadata does not match its sha256 digest")
+
+
+def test_metadata_link_to_the_content_instead(serverdir: Path) -> None:
+    link = serverdir / "+files" / f"{REL_TWO}.metadata"
+    link.unlink()
+    os.link(blob(serverdir, SHA_TWO), link)
+    only_problem(check(serverdir), f"+files/{REL_TWO}.metadata: not a link to its core metadata")
 
 
 def test_link_to_the_wrong_content(serverdir: Path) -> None:

@@ -121,11 +121,13 @@ class StoreMachine(RuleBasedStateMachine):
     def delete_key(self, key: str) -> None:
         self.pending[key] = None
 
-    @rule(relpath=relpaths, content=contents, state=file_states)
-    def set_file(self, relpath: str, content: bytes, state: str) -> None:
+    @rule(relpath=relpaths, content=contents, state=file_states, metadata=st.none() | contents)
+    def set_file(self, relpath: str, content: bytes, state: str, metadata: bytes | None) -> None:
         sha256 = self.store.blobs.put_bytes(content)
         assert sha256 == hashlib.sha256(content).hexdigest()
         entry: dict[str, Any] = {"hashes": {"sha256": sha256}}
+        if metadata is not None:
+            entry["+core_metadata"] = {"sha256": self.store.blobs.put_bytes(metadata)}
         if state == "live":
             entry["last_modified"] = "Mon, 01 Jan 2024 00:00:00 GMT"
         elif state == "deleted":
