@@ -54,15 +54,16 @@ _CHECKED_DIGESTS = frozenset(
 
 @dataclass
 class FsckReport:
+    """What ``check`` found: ``problems`` make the CLI exit 1, ``notes`` are informational."""
+
     serverdir: Path
     # Last serial present in the journal (-1 for an empty journal).
     serial: int = -1
-    entries: int = 0
-    keys: int = 0
-    # Live file entries (content recorded: sha256 and last_modified).
-    files: int = 0
-    links: int = 0
-    blobs_checked: int = 0
+    entries: int = 0  # journal entries read
+    keys: int = 0  # keys in the replayed state
+    files: int = 0  # live file entries (content stored: sha256 and last_modified)
+    links: int = 0  # +files/ links verified (content and .metadata)
+    blobs_checked: int = 0  # blobs read and hashed (checksums=True)
     missing_blobs: int = 0
     bad_checksums: int = 0
     problems: list[str] = field(default_factory=list)
@@ -79,12 +80,12 @@ def check(serverdir: Path, *, checksums: bool = True, progress: Progress | None 
     if not (serverdir / "journal").is_dir():
         report.problems.append(f"{serverdir} is not a devpitx server directory (no journal/)")
         return report
-    with _shared_lock(serverdir):
+    with _SharedLock(serverdir):
         _Checker(serverdir, report, checksums=checksums, progress=progress).run()
     return report
 
 
-class _shared_lock:
+class _SharedLock:
     # Shared, so two checks may run at once while a server (which takes the
     # lock exclusively) can neither be running nor start meanwhile.
     def __init__(self, serverdir: Path) -> None:
