@@ -7,23 +7,29 @@ the way has ``P`` and ``P`` is not whitelisted, mirrors after it are blocked
 upstream ``P``. Contributing indexes' release links are concatenated in walk
 order, first basename wins.
 
-Mirror data enters in exactly one place, :func:`mirror_project` (and
-:func:`mirror_project_names` for lists). Mirror fetching is not written yet,
-so both answer "nothing" and mirrors contribute no projects; the walk around
-them is complete, so the mirror code only has to fill in those two functions.
+Mirror data enters in exactly one place, a :class:`MirrorSource`
+(``mirror_project`` and ``mirror_project_names``). The default source reads
+what is stored: a mirror has a project iff it has a link record
+``mirrorlinks/<u>/<i>/<p>`` (format in ``devpitx/mirror/links.py``), and
+lists the projects it has records for. The running server passes its mirror
+component instead, which adds the upstream project list and offline-mode
+filtering; it has brought the records up to date *before* the walk (upstream
+I/O is async, this module is not), asking upstream only for the mirrors
+:func:`consulted_mirrors` names.
 
 Everything here is a pure function of a read view; no I/O, no HTTP.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from devpitx.model.indexes import Stage, sro
 from devpitx.model.names import normalize_project_name
 from devpitx.model.projects import get_file_entry, get_versiondata, has_project, project_names, version_names
-from devpitx.model.versions import version_sort_key
+from devpitx.model.versions import split_filename, version_sort_key
+from devpitx.storage.keys import mirrorlinks_key
 
 # Stored configurations without the key are old ones; they behave like "union" (model.md §3.2).
 _LEGACY_INHERITANCE = "union"
@@ -87,17 +93,89 @@ class ListSection:
 
 
 # -- the mirror seam --------------------------------------------------------------------------
-def mirror_project(view: Reader, mirror: Stage, project: str) -> MirrorProject | None:
-    """The links mirror ``mirror`` has for ``project``, or None if it does not have it.
+class MirrorSource(Protocol):
+    """Where a walk gets mirror data from."""
 
-    Mirror fetching is a later issue: until then mirrors have no projects.
+    def mirror_project(self, view: Reader, mirror: Stage, project: str) -> MirrorProject | None: ...
+    def mirror_project_names(self, view: Reader, mirror: Stage) -> Iterable[str]: ...
+
+
+def _column(record: dict[str, Any], name: str, i: int) -> Any:
+    column = record.get(name)
+    return column[i] if isinstance(column, list) and i < len(column) else None
+
+
+def _has_content(view: Reader, relpath: str) -> bool:
+    entry = get_file_entry(view, relpath) or {}
+    return bool(entry.get("last_modified")) and bool((entry.get("hashes") or {}).get("sha256"))
+
+
+def stored_mirror_project(view: Reader, mirror: Stage, project: str, *,
+                          content_only: bool = False) -> MirrorProject | None:
+    """The links of ``project`` in ``mirror``'s stored record; None if there is no record.
+
+    ``content_only`` keeps only files whose content is stored (offline mode, mirror.md §7).
     """
-    return None
+    record = view.get(mirrorlinks_key(mirror.user, mirror.index, normalize_project_name(project)))
+    if not isinstance(record, dict):
+        return None
+    links: list[SimpleLink] = []
+    for i, pair in enumerate(record.get("links") or ()):
+        if not isinstance(pair, list) or len(pair) != 2:
+            continue
+        basename = str(pair[0])
+        entrypath, _, fragment = str(pair[1]).partition("#")
+        if content_only and not _has_content(view, entrypath):
+            continue
+        hash_type, sep, hash_value = fragment.partition("=")
+        requires_python = _column(record, "requires_python", i)
+        yanked = _column(record, "yanked", i)
+        size = _column(record, "+sizes", i)
+        if not isinstance(size, int):
+            size = (get_file_entry(view, entrypath) or {}).get("+size")
+        upload_time = _column(record, "+upload_times", i)
+        core = _column(record, "+core_metadata", i)
+        links.append(SimpleLink(
+            basename=basename,
+            entrypath=entrypath,
+            owner=mirror.name,
+            version=split_filename(basename)[1],
+            hash_type=hash_type if sep else None,
+            hash_value=hash_value if sep else None,
+            requires_python=requires_python if isinstance(requires_python, str) and requires_python else None,
+            yanked=yanked if yanked is True or isinstance(yanked, str) else None,
+            size=size if isinstance(size, int) else None,
+            upload_time=float(upload_time) if isinstance(upload_time, (int, float)) else None,
+            core_metadata_sha256=core if isinstance(core, str) else None,
+        ))
+    versions = sorted({link.version for link in links if link.version}, key=version_sort_key)
+    return MirrorProject(tuple(links), tuple(versions))
+
+
+def stored_mirror_names(view: Reader, mirror: Stage) -> list[str]:
+    """The projects ``mirror`` has a stored link record for (its locally known names)."""
+    return sorted(view.children(f"mirrorlinks/{mirror.user}/{mirror.index}"))
+
+
+def mirror_project(view: Reader, mirror: Stage, project: str) -> MirrorProject | None:
+    """The stored links mirror ``mirror`` has for ``project``, or None if it does not have it."""
+    return stored_mirror_project(view, mirror, project)
 
 
 def mirror_project_names(view: Reader, mirror: Stage) -> list[str]:
-    """The normalized project names mirror ``mirror`` lists (none until mirrors fetch)."""
-    return []
+    """The normalized project names mirror ``mirror`` has stored."""
+    return stored_mirror_names(view, mirror)
+
+
+class _StoredMirrors:
+    def mirror_project(self, view: Reader, mirror: Stage, project: str) -> MirrorProject | None:
+        return mirror_project(view, mirror, project)
+
+    def mirror_project_names(self, view: Reader, mirror: Stage) -> Iterable[str]:
+        return mirror_project_names(view, mirror)
+
+
+STORED_MIRRORS: MirrorSource = _StoredMirrors()
 
 
 # -- private indexes ---------------------------------------------------------------------------
@@ -160,7 +238,48 @@ def _whitelist_of(stage: Stage) -> set[str]:
     return {entry for entry in stored if isinstance(entry, str)}
 
 
-def walk_project(view: Reader, order: Sequence[Stage], project: str) -> ProjectLinks:
+def _walk_roles(view: Reader, order: Sequence[Stage], project: str) -> Iterator[tuple[Stage, str]]:
+    """The whitelist walk of §6.2: each index with its role for ``project``.
+
+    Roles: ``"private"`` (a private index, with or without the project),
+    ``"mirror"`` (a mirror to consult), ``"blocked"`` (a mirror skipped because
+    a private index before it has the project and it is not whitelisted).
+    ``order[0]``'s ``mirror_whitelist_inheritance`` decides how whitelists combine.
+    """
+    if not order:
+        return
+    mode = _inheritance_mode(order[0])
+    whitelist: set[str] | None = None
+    whitelisted = False
+    private_hit = False
+    for stage in order:
+        if stage.is_mirror:
+            # A blocked mirror is not even asked: a shadowed project must never cost an
+            # upstream fetch (existence is already settled by the private hit).
+            yield stage, ("blocked" if private_hit and not whitelisted else "mirror")
+            continue
+        own = _whitelist_of(stage)
+        if whitelist is None:
+            whitelist = own
+        elif mode == "union":
+            whitelist = whitelist | own
+        else:
+            whitelist = whitelist & own
+        if "*" in whitelist or project in whitelist:
+            whitelisted = True
+        elif has_project(view, stage.user, stage.index, project):
+            private_hit = True
+        yield stage, "private"
+
+
+def consulted_mirrors(view: Reader, order: Sequence[Stage], project: str) -> list[Stage]:
+    """The mirrors a read of ``project`` through ``order`` asks: upstream I/O happens for these only."""
+    project = normalize_project_name(project)
+    return [stage for stage, role in _walk_roles(view, order, project) if role == "mirror"]
+
+
+def walk_project(view: Reader, order: Sequence[Stage], project: str,
+                 mirrors: MirrorSource = STORED_MIRRORS) -> ProjectLinks:
     """Merged links of ``project`` over the resolution order ``order`` (model.md §6.2, §6.3).
 
     ``order[0]`` is the requested index; its ``mirror_whitelist_inheritance``
@@ -169,10 +288,6 @@ def walk_project(view: Reader, order: Sequence[Stage], project: str) -> ProjectL
     project = normalize_project_name(project)
     if not order:
         return ProjectLinks(project, (), (), False)
-    mode = _inheritance_mode(order[0])
-    whitelist: set[str] | None = None
-    whitelisted = False
-    private_hit = False
     exists = False
     links: list[SimpleLink] = []
     seen_basenames: set[str] = set()
@@ -186,34 +301,18 @@ def walk_project(view: Reader, order: Sequence[Stage], project: str) -> ProjectL
                 seen_basenames.add(link.basename)
                 links.append(link)
 
-    for stage in order:
-        if stage.is_mirror:
-            if private_hit and not whitelisted:
-                # Not even asked: a shadowed project must never cost an upstream fetch.
-                # (Existence is already settled by the private hit.)
-                blocked.append(stage.name)
-                continue
-            mirrored = mirror_project(view, stage, project)
+    for stage, role in _walk_roles(view, order, project):
+        if role == "blocked":
+            blocked.append(stage.name)
+        elif role == "mirror":
+            mirrored = mirrors.mirror_project(view, stage, project)
             if mirrored is None:
                 continue
             exists = True
             contributing.append(stage.name)
             take(mirrored.links)
             versions.update(mirrored.versions)
-            continue
-        own = _whitelist_of(stage)
-        if whitelist is None:
-            whitelist = own
-        elif mode == "union":
-            whitelist = whitelist | own
-        else:
-            whitelist = whitelist & own
-        has = has_project(view, stage.user, stage.index, project)
-        if "*" in whitelist or project in whitelist:
-            whitelisted = True
-        elif has:
-            private_hit = True
-        if has:
+        elif has_project(view, stage.user, stage.index, project):
             exists = True
             found, found_versions = private_links(view, stage, project)
             take(found)
@@ -228,9 +327,10 @@ def walk_project(view: Reader, order: Sequence[Stage], project: str) -> ProjectL
     )
 
 
-def project_links(view: Reader, user: str, index: str, project: str) -> ProjectLinks:
+def project_links(view: Reader, user: str, index: str, project: str,
+                  mirrors: MirrorSource = STORED_MIRRORS) -> ProjectLinks:
     """:func:`walk_project` over the resolution order of ``user/index``."""
-    return walk_project(view, sro(view, user, index), project)
+    return walk_project(view, sro(view, user, index), project, mirrors)
 
 
 def _bases_of(stage: Stage) -> tuple[str, ...]:
@@ -238,7 +338,8 @@ def _bases_of(stage: Stage) -> tuple[str, ...]:
     return tuple(base for base in stored if isinstance(base, str))
 
 
-def project_list(view: Reader, order: Sequence[Stage]) -> list[ListSection]:
+def project_list(view: Reader, order: Sequence[Stage],
+                 mirrors: MirrorSource = STORED_MIRRORS) -> list[ListSection]:
     """Per index in resolution order, its project names not listed before (§6.5; no whitelist).
 
     Names are normalized and sorted within a section; callers wanting the
@@ -248,7 +349,7 @@ def project_list(view: Reader, order: Sequence[Stage]) -> list[ListSection]:
     sections: list[ListSection] = []
     for stage in order:
         if stage.is_mirror:
-            names = mirror_project_names(view, stage)
+            names = mirrors.mirror_project_names(view, stage)
         else:
             names = project_names(view, stage.user, stage.index)
         fresh = sorted({normalize_project_name(name) for name in names} - listed)
