@@ -15,6 +15,8 @@ from twisted.web.resource import IResource
 from devpitx.auth.passwords import Passwords
 from devpitx.auth.tokens import LoginTokens
 from devpitx.config import Config
+from devpitx.mirror.mirrors import Mirrors
+from devpitx.mirror.upstream import MirrorSettings
 from devpitx.runtime import RunBlocking
 from devpitx.storage.nodeinfo import NodeInfo
 from devpitx.storage.store import Store
@@ -38,6 +40,10 @@ class Server:
         self.http = http
         self.started_at = clock.seconds()
         self.identity = RequestIdentity(store, passwords, login_tokens, clock, config.restrict_modify)
+        # Without an HTTP client (most in-process tests) mirrors behave as in offline mode.
+        self.mirrors = Mirrors(store, http, clock, run_disk, MirrorSettings(
+            request_timeout=config.request_timeout, default_cache_expiry=config.mirror_cache_expiry,
+            offline=config.offline_mode))
         self.router = Router()
         self._install_areas()
 

@@ -5,6 +5,7 @@ makeService, so a broken directory fails before anything listens.
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -59,6 +60,29 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self._apply_environment()
+
+    def _apply_environment(self) -> None:
+        """``DEVPISERVER_SOME_NAME`` sets ``--some-name`` unless the command line does (spec/cli.md §1.2)."""
+        for name, *_ in self.optParameters:
+            value = os.environ.get(env_name(name))
+            if value:
+                self[name] = value
+        for name, *_ in self.optFlags:
+            value = os.environ.get(env_name(name))
+            if value:
+                self[name] = parse_flag(name, value)
+        listen = os.environ.get(env_name("listen"))
+        if listen:
+            self["listen"] = [listen]
+        legacy_serverdir = os.environ.get("DEVPI_SERVERDIR")
+        if legacy_serverdir and not os.environ.get(env_name("serverdir")):
+            log.warn("DEVPI_SERVERDIR is deprecated, use DEVPISERVER_SERVERDIR")
+            self["serverdir"] = legacy_serverdir
+
+    def parseArgs(self) -> None:
+        # Values from the command line replace environment ones for --listen.
+        pass
 
     def opt_listen(self, value: str) -> None:
         """Listen on a Twisted endpoint string (tcp:3141:interface=127.0.0.1) or HOST:PORT; repeatable."""
@@ -74,6 +98,19 @@ class Options(usage.Options):
         storage = self["storage"]
         if storage and storage.split(":")[0] not in ("sqlite", "fs", "devpitx"):
             raise usage.UsageError(f"The backend '{storage.split(':')[0]}' can't be found, is the plugin not installed?")
+
+
+def env_name(option: str) -> str:
+    return "DEVPISERVER_" + option.upper().replace("-", "_")
+
+
+def parse_flag(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("y", "yes", "t", "true", "on", "1"):
+        return True
+    if lowered in ("n", "no", "f", "false", "off", "0"):
+        return False
+    raise usage.UsageError(f"invalid value {value!r} for {env_name(name)}")
 
 
 @implementer(IStreamServerEndpoint)
@@ -125,6 +162,7 @@ def makeService(options: Options) -> IService:
     from devpitx.auth.processpool import ProcessPoolRunner
     from devpitx.auth.secret import Argon2Params, SecretError, derive_keys_cached, read_secret_file
     from devpitx.auth.tokens import LoginTokens
+    from devpitx.mirror.upstream import make_http_client
     from devpitx.runtime import ThreadPoolService
     from devpitx.server import Server
     from devpitx.storage import nodeinfo
@@ -155,7 +193,8 @@ def makeService(options: Options) -> IService:
     argon = ProcessPoolRunner(reactor, max_workers=1)
     reactor.addSystemEventTrigger("after", "shutdown", argon.shutdown)
     server = Server(config, store, node, clock=reactor, run_disk=disk.runner(reactor),
-                    passwords=Passwords(argon, clock=reactor), login_tokens=LoginTokens(keys.auth_key))
+                    passwords=Passwords(argon, clock=reactor), login_tokens=LoginTokens(keys.auth_key),
+                    http=None if config.offline_mode else make_http_client(reactor))
     site = server.site()
     for description in config.listen:
         web = strports.service(description, site, reactor=reactor)
