@@ -11,6 +11,13 @@ ranges (206/416), which lazy-wheel readers use.
 the wheel at ``<relpath>``, extracted at upload time and stored as a blob
 named in the entry's ``+core_metadata``.
 
+Mirror files whose content is not here yet (http-api.md §3.14 steps 4-6):
+their entry comes from the mirror's link record until the first download;
+``mirror_use_external_urls`` answers 302 to upstream, otherwise
+``server.mirrors.files`` streams the file from upstream while caching it.
+A mirror's ``.metadata`` file is fetched from upstream on first request when
+upstream advertised one.
+
 Only GET and HEAD live here; other methods answer 404 until their handlers exist.
 """
 from __future__ import annotations
@@ -28,9 +35,10 @@ from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from devpitx.auth.acl import ANONYMOUS
-from devpitx.model.indexes import get_stage, not_found_message
+from devpitx.mirror.files import FileUnavailable, UpstreamHead
+from devpitx.model.indexes import Stage, get_stage, not_found_message
 from devpitx.model.projects import get_file_entry, parse_http_date, public_entry
-from devpitx.web.errors import FrameworkError, NegotiatedError
+from devpitx.web.errors import ApiError, FrameworkError, NegotiatedError
 from devpitx.web.negotiate import header, json_preferred
 from devpitx.web.routes import Router
 from devpitx.web.simplepages import etag_matches
@@ -196,10 +204,21 @@ class _Target:
     content_type: bytes
 
 
+@dataclass(frozen=True)
+class _FromUpstream:
+    """A mirror file (or its ``.metadata``) whose content is not here: upstream has it."""
+
+    stage: Stage
+    relpath: str                 # the release file's relpath, also for its metadata
+    entry: dict[str, Any]
+    metadata: bool = False
+
+
 class Routes:
     def __init__(self, server: Server) -> None:
         self._store = server.store
         self._identity = server.identity
+        self._mirror_files = server.mirrors.files
 
     def install(self, router: Router) -> None:
         router.add("files.file", self.file)
@@ -209,15 +228,25 @@ class Routes:
             return self.serve(request, user, index, relpath, kind)
         raise FrameworkError(404, "The requested resource could not be found.")
 
-    def _target(self, request: IRequest, user: str, index: str, relpath: str, kind: str) -> _Target | bytes:
+    def _entry(self, stage: Stage | None, relpath: str) -> dict[str, Any] | None:
+        if stage is not None and stage.is_mirror:
+            return self._mirror_files.entry(stage, relpath)     # also files never downloaded
+        return get_file_entry(self._store, relpath)
+
+    def _target(self, request: IRequest, user: str, index: str, relpath: str,
+                kind: str) -> _Target | _FromUpstream | bytes:
         """The blob to serve, or the JSON body of the ``releasefilemeta`` answer (steps 1-3)."""
-        entry = get_file_entry(self._store, relpath)
+        stage = get_stage(self._store, user, index)
+        entry = self._entry(stage, relpath)
         if entry is None and relpath.endswith(METADATA_SUFFIX):
-            wheel = get_file_entry(self._store, relpath[:-len(METADATA_SUFFIX)]) or {}
+            wheel_relpath = relpath[:-len(METADATA_SUFFIX)]
+            wheel = self._entry(stage, wheel_relpath) or {}
             core = wheel.get("+core_metadata")
             if isinstance(core, dict) and isinstance(core.get("sha256"), str):
                 self._require_stage(user, index)
                 return _Target(core["sha256"], wheel.get("last_modified"), b"text/plain; charset=utf-8")
+            if stage is not None and stage.is_mirror and wheel.get("+upstream_core_metadata"):
+                return _FromUpstream(stage, wheel_relpath, wheel, metadata=True)
         if entry is None:
             raise NegotiatedError(404, _NO_SUCH_FILE)
         if not entry:
@@ -229,8 +258,12 @@ class Routes:
             return json.dumps({"type": "releasefilemeta", "result": public_entry(entry)}, indent=2).encode()
         self._require_stage(user, index)
         sha256 = (entry.get("hashes") or {}).get("sha256")
+        if stage is not None and stage.is_mirror and entry.get("url") and (
+                not isinstance(sha256, str) or not entry.get("last_modified") or not self._store.blobs.has(sha256)):
+            # Never downloaded, or removed from disk since: upstream has it (step 4).
+            return _FromUpstream(stage, relpath, entry)
         if not isinstance(sha256, str) or not entry.get("last_modified"):
-            # Known but without local content (a mirror file not downloaded yet).
+            # Known but without local content (a private file whose blob is missing).
             raise NegotiatedError(404, _NO_SUCH_FILE)
         return _Target(sha256, entry["last_modified"],
                        content_type_for(relpath.rsplit("/", 1)[-1], entry.get("+rel")))
@@ -257,21 +290,63 @@ class Routes:
                                      denied=NegotiatedError(403, "package read forbidden"))
         return True
 
-    async def serve(self, request: IRequest, user: str, index: str, relpath: str, kind: str) -> bytes | None:
+    async def serve(self, request: IRequest, user: str, index: str, relpath: str, kind: str,
+                    *, upstream_tried: bool = False) -> bytes | None:
         target = self._target(request, user, index, relpath, kind)
         if isinstance(target, bytes):
             return target
+        if isinstance(target, _FromUpstream):
+            if upstream_tried:
+                # Fetched and stored, yet not servable: nothing sensible left to try.
+                raise NegotiatedError(404, _NO_SUCH_FILE)
+            return await self._from_upstream(request, user, index, relpath, kind, target)
         blob = self._open(target.sha256)            # step 4 before step 5: 404 beats 403
         try:
             if await self._check_read(request, user, index):
                 blob.close()
-                target = self._target(request, user, index, relpath, kind)   # the world may have moved
-                if isinstance(target, bytes):
-                    return target
+                retarget = self._target(request, user, index, relpath, kind)   # the world may have moved
+                if not isinstance(retarget, _Target):
+                    return await self.serve(request, user, index, relpath, kind, upstream_tried=upstream_tried)
+                target = retarget
                 blob = self._open(target.sha256)
             await self._send(request, target, blob)
         finally:
             blob.close()
+        return None
+
+    async def _from_upstream(self, request: IRequest, user: str, index: str, relpath: str, kind: str,
+                             target: _FromUpstream) -> bytes | None:
+        """Steps 4-6 for a mirror file without local content."""
+        if target.metadata:
+            await self._check_read(request, user, index)
+            try:
+                await self._mirror_files.fetch_metadata(target.stage, target.relpath, target.entry)
+            except FileUnavailable as exc:
+                raise _file_error(exc) from None
+            return await self.serve(request, user, index, relpath, kind, upstream_tried=True)
+        if target.stage.config.get("mirror_use_external_urls"):
+            # Credentials of mirror_url are not re-inserted: a Location header would hand them
+            # to every client (mirror.md §5.3, "improve on").
+            request.setResponseCode(302)
+            request.setHeader(b"location", str(target.entry["url"]).encode("latin-1", "replace"))
+            return b""
+        await self._check_read(request, user, index)
+
+        def set_headers(head: UpstreamHead) -> None:
+            request.setHeader(b"content-type", head.content_type.encode("latin-1", "replace"))
+            if head.length is not None:
+                request.setHeader(b"content-length", str(head.length).encode())
+            if head.last_modified:
+                request.setHeader(b"last-modified", head.last_modified.encode("latin-1", "replace"))
+            request.setHeader(b"x-accel-buffering", b"no")
+
+        try:
+            streamed = await self._mirror_files.serve(request, target.stage, relpath, target.entry, set_headers)
+        except FileUnavailable as exc:
+            raise _file_error(exc) from None
+        if not streamed:
+            # The download finished while we waited for it: the file is in the store now.
+            return await self.serve(request, user, index, relpath, kind, upstream_tried=True)
         return None
 
     async def _send(self, request: IRequest, target: _Target, blob: IO[bytes]) -> None:
@@ -303,3 +378,11 @@ class Routes:
         if request.method == b"HEAD" or length == 0:
             return
         await BlobProducer(cast(Request, request), blob, start, length).start()
+
+
+def _file_error(exc: FileUnavailable) -> ApiError:
+    # "no such file" keeps the negotiated shape of every other 404 here; upstream
+    # failures are api errors with devpi-server's "error <code> getting <url>" (§3.14 step 6).
+    if exc.code in (404, 410) and exc.message in (_NO_SUCH_FILE, "file existed, deleted in later serial"):
+        return NegotiatedError(exc.code, exc.message)
+    return ApiError(exc.code, exc.message)

@@ -58,7 +58,14 @@ class Routes:
             return await self._simple_project_list(request, user, index)
         config = dict(stage.config)
         if not has_query_flag(request, "no_projects"):
-            config["projects"] = stage_project_names(self._store, stage)
+            if stage.is_mirror:
+                # The upstream project list (or, without one, the locally known names).
+                mirrors = self._server.mirrors
+                await mirrors.ensure_lists([stage])
+                stage = get_stage(self._store, user, index) or stage   # re-read after the wait
+                config["projects"] = sorted(mirrors.mirror_project_names(self._store, stage))
+            else:
+                config["projects"] = stage_project_names(self._store, stage)
         return envelope(request, "indexconfig", config)
 
     async def _simple_project_list(self, request: IRequest, user: str, index: str) -> bytes:

@@ -11,6 +11,14 @@ cache (web/simplepages.py) and only on a miss walk the inheritance
   served directly;
 * installer shortcuts ``/U/I[/]`` and ``/U/I/P[/]`` (routes 17, 18);
 * ``If-None-Match`` with the page's ETag -> 304.
+
+Mirrors: before a page is looked up, the handler awaits the mirror step
+(``server.mirrors.ensure_project`` / ``ensure_lists``), which talks to
+upstream for the mirrors the whitelist walk consults and stores what changed;
+the page itself is then built synchronously from the store. A page that
+used cached mirror data without upstream confirming it in this request is
+sent with no-cache headers; a mirror's own page carries its upstream serial
+as ``X-Pypi-Last-Serial``.
 """
 from __future__ import annotations
 
@@ -21,7 +29,10 @@ from typing import TYPE_CHECKING
 from twisted.web.iweb import IRequest
 
 from devpitx.model.indexes import Stage, get_stage, not_found_message, sro
+from devpitx.mirror.mirrors import PageFreshness
+from devpitx.mirror.pages import MirrorUnavailable
 from devpitx.model.inherit import SimpleLink, project_links, project_list
+from devpitx.model.projects import http_date
 from devpitx.model.names import normalize_project_name
 from devpitx.web.errors import FrameworkError, NegotiatedError
 from devpitx.web.negotiate import OutsideUrl, is_installer, outside_url, relative_href, simple_format
@@ -46,6 +57,7 @@ if TYPE_CHECKING:
 
 _NOT_FOUND = "The requested resource could not be found."
 _VARY_PAGE = b"Accept, User-Agent"
+_NO_CACHE = b"max-age=0, must-revalidate, no-cache, no-store"
 
 
 def _require_read(request: IRequest) -> None:
@@ -77,6 +89,8 @@ class Routes:
     def __init__(self, server: Server) -> None:
         self._store = server.store
         self._config = server.config
+        self._clock = server.clock
+        self._mirrors = server.mirrors
         self.pages = SimplePageCache(server.store)
 
     def install(self, router: Router) -> None:
@@ -114,6 +128,14 @@ class Routes:
             return "json"
         return "installer" if is_installer(request) else "human"
 
+    def _mark_stale(self, request: IRequest) -> None:
+        """Cached mirror data not confirmed by upstream now: no HTTP cache may keep it (§3.11.4)."""
+        now = http_date(self._clock.seconds()).encode()
+        request.setHeader(b"cache-control", _NO_CACHE)
+        request.setHeader(b"pragma", b"no-cache")
+        request.setHeader(b"expires", now)
+        request.setHeader(b"last-modified", now)
+
     def _respond(self, request: IRequest, page: RenderedPage) -> bytes:
         request.setHeader(b"vary", _VARY_PAGE)
         request.setHeader(b"etag", page.etag)
@@ -124,29 +146,30 @@ class Routes:
         return page.body
 
     # -- project lists ---------------------------------------------------------------------
-    def list_slash(self, request: IRequest, user: str, index: str) -> bytes:
+    async def list_slash(self, request: IRequest, user: str, index: str) -> bytes:
         _require_read(request)
-        return self._project_list(request, user, index)
+        return await self._project_list(request, user, index)
 
-    def list_noslash(self, request: IRequest, user: str, index: str) -> bytes:
+    async def list_noslash(self, request: IRequest, user: str, index: str) -> bytes:
         _require_read(request)
         if not self._machine(request):
             self._stage(user, index)
             return _redirect(request, self._outside(request).url(f"/{user}/{index}/+simple/"), b"User-Agent")
-        return self._project_list(request, user, index)
+        return await self._project_list(request, user, index)
 
-    def installer_list(self, request: IRequest, user: str, index: str) -> bytes:
-        return self._project_list(request, user, index)
+    async def installer_list(self, request: IRequest, user: str, index: str) -> bytes:
+        return await self._project_list(request, user, index)
 
-    def _project_list(self, request: IRequest, user: str, index: str) -> bytes:
-        stage = self._stage(user, index)
+    async def _project_list(self, request: IRequest, user: str, index: str) -> bytes:
+        await self._mirrors.ensure_lists(self._order(self._stage(user, index)))
+        stage = self._stage(user, index)          # re-read: the world may have moved while we waited
         order = self._order(stage)
         variant = self._variant(request)
         key: Hashable = ("list", stage.name, variant)
-        stamp = self.pages.list_stamp(order)
+        stamp = self.pages.list_stamp(order) + self._mirrors.list_generations(order)
         page = self.pages.lookup(key, stamp)
         if page is None:
-            sections = project_list(self._store, order)
+            sections = project_list(self._store, order, self._mirrors)
             if variant == "json":
                 page = self.pages.store(key, stamp, list_json(sections), SIMPLE_JSON_TYPE)
             elif variant == "installer":
@@ -156,14 +179,14 @@ class Routes:
         return self._respond(request, page)
 
     # -- project pages ---------------------------------------------------------------------
-    def project_slash(self, request: IRequest, user: str, index: str, project: str) -> bytes:
+    async def project_slash(self, request: IRequest, user: str, index: str, project: str) -> bytes:
         _require_read(request)
         name = _check_project_segment(project)
         if name != project:
             return _redirect(request, self._outside(request).url(f"/{user}/{index}/+simple/{name}/"), _VARY_PAGE)
-        return self._project_page(request, user, index, name, f"/{user}/{index}/+simple/{name}/")
+        return await self._project_page(request, user, index, name, f"/{user}/{index}/+simple/{name}/")
 
-    def project_noslash(self, request: IRequest, user: str, index: str, project: str) -> bytes:
+    async def project_noslash(self, request: IRequest, user: str, index: str, project: str) -> bytes:
         _require_read(request)
         name = _check_project_segment(project)
         outside = self._outside(request)
@@ -172,18 +195,33 @@ class Routes:
         if not self._machine(request):
             self._stage(user, index)
             return _redirect(request, outside.url(f"/{user}/{index}/+simple/{name}/"), _VARY_PAGE)
-        return self._project_page(request, user, index, name, f"/{user}/{index}/+simple/{name}")
+        return await self._project_page(request, user, index, name, f"/{user}/{index}/+simple/{name}")
 
-    def installer_project(self, request: IRequest, user: str, index: str, project: str) -> bytes:
+    async def installer_project(self, request: IRequest, user: str, index: str, project: str) -> bytes:
         name = _check_project_segment(project)
         slash = "/" if request.path.endswith(b"/") else ""
         if name != project:
             return _redirect(request, self._outside(request).url(f"/{user}/{index}/{name}{slash}"), _VARY_PAGE)
-        return self._project_page(request, user, index, name, f"/{user}/{index}/{name}{slash}")
+        return await self._project_page(request, user, index, name, f"/{user}/{index}/{name}{slash}")
 
-    def _project_page(self, request: IRequest, user: str, index: str, project: str, path: str) -> bytes:
+    async def _ensure_mirrors(self, user: str, index: str, project: str) -> PageFreshness:
+        """The mirror step: upstream I/O for the mirrors the walk consults (502/504 when it fails
+        for the requested mirror itself and nothing is cached)."""
+        try:
+            return await self._mirrors.ensure_project(self._order(self._stage(user, index)), project)
+        except MirrorUnavailable as exc:
+            raise NegotiatedError(exc.code, exc.message) from None
+
+    async def _project_page(self, request: IRequest, user: str, index: str, project: str, path: str) -> bytes:
         """Serve the page of ``project`` as seen from the request path ``path`` (mount prefix removed)."""
-        stage = self._stage(user, index)
+        freshness = await self._ensure_mirrors(user, index, project)
+        stage = self._stage(user, index)          # re-read: the world may have moved while we waited
+        if freshness.stale:
+            self._mark_stale(request)
+        if stage.is_mirror:
+            serial = self._mirrors.upstream_serial(stage, project)
+            if serial > 0:
+                request.setHeader(b"x-pypi-last-serial", str(serial).encode())
         variant = self._variant(request)
         absolute = _absolute_links(request, self._config.absolute_urls)
         outside = self._outside(request)
@@ -200,7 +238,7 @@ class Routes:
     def _render_project(self, stage: Stage, project: str, variant: str, path: str,
                         absolute: OutsideUrl | None, outside: OutsideUrl, key: Hashable,
                         stamp: Stamp) -> RenderedPage:
-        found = project_links(self._store, stage.user, stage.index, project)
+        found = project_links(self._store, stage.user, stage.index, project, self._mirrors)
         if not found.links and not found.exists:
             raise NegotiatedError(404, f"The project {project} does not exist.")
         if any(link.size is None for link in found.links):
@@ -234,13 +272,12 @@ class Routes:
             return link
 
     # -- refresh ---------------------------------------------------------------------------
-    def refresh(self, request: IRequest, user: str, index: str, project: str) -> bytes:
-        """POST: forget mirror links of the project, then back to its page (http-api.md §3.11.6).
-
-        Mirrors hold no links yet, so there is nothing to forget; the redirect is what clients use.
-        """
+    async def refresh(self, request: IRequest, user: str, index: str, project: str) -> bytes:
+        """POST: every mirror in the order forgets its links of the project and fetches them
+        again, then back to the page (http-api.md §3.11.6). No permission check (spec)."""
         if request.method != b"POST":
             raise FrameworkError(404, _NOT_FOUND)
         name = _check_project_segment(project)
+        await self._mirrors.refresh(self._order(self._stage(user, index)), name)
         self._stage(user, index)
         return _redirect(request, self._outside(request).url(f"/{user}/{index}/+simple/{name}/"), _VARY_PAGE)
