@@ -196,6 +196,14 @@ def render_notes(results: Results) -> str:
     return "\n".join(lines)
 
 
+def render_profiles(results: Results) -> str:
+    profiles = results.meta.get("profiles") or {}
+    if not profiles:
+        return ""
+    body = "\n\n".join(profiles.values())
+    return f"Profiles of devpitx (py-spy, `--profile`):\n\n```\n{body}\n```"
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -212,8 +220,8 @@ def render_meta(meta: dict[str, Any]) -> str:
     if meta.get("quick"):
         lines.append("**Quick run** (`--quick`): smaller counts and shorter durations than the full run; "
                      "see the parameters below.")
-    for key in ("started", "devpitx", "devpi-server", "machine", "load_before", "load_after", "rounds",
-                "parameters", "argon2", "notes"):
+    for key in ("started", "devpitx", "devpi-server", "machine", "load_before", "load_after", "duration_s",
+                "rounds", "parameters", "argon2", "notes"):
         if key in meta:
             value = meta[key]
             if isinstance(value, (dict, list)):
@@ -252,7 +260,8 @@ regenerated from the run.
 def update_doc(path: Path, results: Results, heading_note: str = "") -> None:
     """Replace the generated block of docs/performance.md (creating the file from the template if needed)."""
     block = "\n\n".join(part for part in (heading_note, render_meta(results.meta), render_table(results),
-                                            render_notes(results), render_summary(results)) if part)
+                                            render_notes(results), render_summary(results),
+                                            render_profiles(results)) if part)
     text = path.read_text() if path.exists() else DOC_TEMPLATE.format(start=TABLE_START, end=TABLE_END)
     if TABLE_START not in text or TABLE_END not in text:
         text = text.rstrip("\n") + "\n\n## Latest results\n\n" + TABLE_START + "\n" + TABLE_END + "\n"

@@ -71,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="tiny argon2 parameters for both servers' secret derivation (default: their defaults)")
     p.add_argument("--no-upgrade", action="store_true",
                    help="keep the devpi-server already in bench/.venv-devpi-server instead of upgrading it")
+    p.add_argument("--profile", action="store_true",
+                   help="afterwards, sample devpitx with py-spy on the hot paths (installs py-spy into bench/.venv-tools)")
     p.add_argument("--no-docs", action="store_true", help="do not rewrite docs/performance.md")
     p.add_argument("--doc-note", default="", help="text placed above the table in docs/performance.md")
     p.add_argument("--workdir", type=Path, help="where server directories go (default: a new temp dir)")
@@ -124,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = [n for n in args.servers.split(",") if n]
     only = [m for m in args.only.split(",") if m] or list(MEASURES)
     started = time.monotonic()
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     say(f"{'quick' if plan.quick else 'full'} run: {plan}, rounds={rounds}, wrk {duration:g} s per point, "
         f"concurrencies {concurrencies}")
     if plan.quick:
@@ -199,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
                 say(f"measure {key} failed: {type(exc).__name__}: {exc}")
                 meta.setdefault("notes", []).append(f"measure {key} failed: {type(exc).__name__}: {exc}")
             say(f"measure {key} took {time.monotonic() - t0:.0f} s")
+        if args.profile and DEVPITX in ctx_servers and DEVPITX not in unavailable:
+            from bench.profile import profile_devpitx
+
+            meta["profiles"] = profile_devpitx(ctx, RESULTS_DIR, stamp)
     finally:
         for server in running:
             server.stop()
@@ -211,7 +218,6 @@ def main(argv: list[str] | None = None) -> int:
     meta["load_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     meta["duration_s"] = round(time.monotonic() - started)
 
-    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     json_path = RESULTS_DIR / f"{stamp}{'-quick' if plan.quick else ''}.json"
     write_json(json_path, results)
     print()
@@ -220,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     print(render_notes(results))
     print()
     print(render_summary(results))
+    for text in results.meta.get("profiles", {}).values():
+        print()
+        print(text)
     say(f"results written to {json_path.relative_to(servers.REPO)}; run took {meta['duration_s']} s")
     if not args.no_docs and set(wanted) == {DEVPITX, DEVPI} and only == list(MEASURES):
         update_doc(DOC_PATH, results, args.doc_note)

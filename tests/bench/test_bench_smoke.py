@@ -329,3 +329,29 @@ def test_fake_upstream_tree_is_a_closed_valid_simple_index(tmp_path: Path) -> No
             # every requirement can be satisfied from the tree itself: pip never looks elsewhere
             for req in map(Requirement, requires):
                 assert any(req.specifier.contains(v) for v in TREE[req.name][0]), req
+
+
+# -- py-spy summary -----------------------------------------------------------------------------------
+
+
+def test_profile_summary_skips_start_up_and_counts_devpitx_frames() -> None:
+    from bench.profile import summarise
+
+    site = "/work/.venv/lib/python3.11/site-packages"
+    serve = (f'process 10:"python -m twisted devpitx";_run_module_as_main (<frozen runpy>:198);'
+             f"ReactorBase.mainLoop ({site}/twisted/internet/base.py:1)")
+    lines = [
+        # start-up: imports before the reactor runs are not part of the serving profile
+        f'process 10:"python";_run_module_as_main (<frozen runpy>:198);makeService (/w/devpitx/cli/tap.py:3) 50',
+        f"{serve};Routes.project (/w/devpitx/web/simple.py:10);dumps ({site}/json/__init__.py:2) 30",
+        f"{serve};Routes.project (/w/devpitx/web/simple.py:12);render_links (/w/devpitx/web/simplepages.py:5) 10",
+        f'process 10:"python";process 11:"python -c spawn_main";verify_secret ({site}/argon2/low_level.py:1) 60',
+        "garbage line",
+    ]
+    summary = summarise(lines)
+    assert summary.samples == 100
+    assert summary.self_top[0] == ("verify_secret (low_level.py)", 0.6)
+    assert ("dumps (json/__init__.py)", 0.3) in summary.self_top
+    assert dict(summary.inclusive_top) == {"Routes.project (devpitx/web/simple.py)": 0.4,
+                                           "render_links (devpitx/web/simplepages.py)": 0.1}
+    assert "makeService" not in summary.render("t")
