@@ -107,8 +107,13 @@ def tcp_endpoint(host: str, port: int) -> str:
 _HOST_PORT = re.compile(r"^(?P<host>\[[0-9a-fA-F:.]+\]|[^:\[\]]*):(?P<port>\d+)$")
 
 
+_ENDPOINT_TYPES = frozenset(("tcp", "tcp6", "ssl", "tls", "unix", "systemd", "onion"))
+
+
 def listen_to_endpoint(value: str) -> str:
     """Accept devpi-server's ``HOST:PORT`` / ``*:PORT`` / ``[::1]:PORT`` or a Twisted endpoint string."""
+    if value.split(":", 1)[0].lower() in _ENDPOINT_TYPES:
+        return value
     match = _HOST_PORT.match(value)
     if match:
         return tcp_endpoint(match["host"], int(match["port"]))

@@ -75,17 +75,17 @@ class Options(usage.Options):
         listen = os.environ.get(env_name("listen"))
         if listen:
             self["listen"] = [listen]
+            self._listen_from_environment = True
         legacy_serverdir = os.environ.get("DEVPI_SERVERDIR")
         if legacy_serverdir and not os.environ.get(env_name("serverdir")):
             log.warn("DEVPI_SERVERDIR is deprecated, use DEVPISERVER_SERVERDIR")
             self["serverdir"] = legacy_serverdir
 
-    def parseArgs(self) -> None:
-        # Values from the command line replace environment ones for --listen.
-        pass
-
     def opt_listen(self, value: str) -> None:
         """Listen on a Twisted endpoint string (tcp:3141:interface=127.0.0.1) or HOST:PORT; repeatable."""
+        if getattr(self, "_listen_from_environment", False):
+            self["listen"] = []  # the command line replaces the environment's value
+            self._listen_from_environment = False
         self["listen"].append(value)
 
     def opt_version(self) -> None:
