@@ -11,6 +11,7 @@ write ``def measure_x(ctx: Context) -> None`` and list it in ``MEASURES``.
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import threading
 import time
@@ -422,6 +423,10 @@ def measure_mirror(ctx: Context) -> None:
     upstream.start()
     root_tokens: dict[str, str] = {}
     try:
+        # The floor: the same install straight from the upstream, without any index server between.
+        floor = statistics.median(
+            pip_install(upstream.simple_url, ctx.workdir / f"pip-direct-{r}", ROOT_PROJECT) for r in range(2))
+        cold.note = f"{note}; pip straight from the upstream takes {floor:.2f} s"
         for r, name in ctx.interleaved(names):
             if name in cold.errors:
                 continue
