@@ -175,6 +175,30 @@ def upload_parallel(base_url: str, auth: str, index: str, dists: Sequence[Dist],
             session.close()
 
 
+def wait_until_settled(base_url: str, timeout: float = 300.0) -> float | None:
+    """Wait until the server's event processing has caught up with its last commit.
+
+    devpi-server works through every committed serial in a background thread
+    after the uploads; measuring before it is done would charge that work to
+    the first measure. Returns the seconds waited, or None if it did not
+    settle within ``timeout`` (or the server does not report it).
+    """
+    start = time.monotonic()
+    with Session(base_url) as session:
+        while time.monotonic() - start < timeout:
+            reply = session.get("/+status", {"Accept": "application/json"})
+            if reply.status != 200:
+                return None
+            status = reply.json()["result"]
+            serial, events = status.get("serial"), status.get("event-serial")
+            if not isinstance(serial, int) or not isinstance(events, int):
+                return None
+            if events >= serial:
+                return time.monotonic() - start
+            time.sleep(0.2)
+    return None
+
+
 @dataclass(frozen=True)
 class Seeded:
     token: str
@@ -211,4 +235,9 @@ def seed(base_url: str, plan: Plan, corpus: Corpus, say: Callable[[str], None]) 
     upload_parallel(base_url, auth, MANY, corpus.many,
                     progress=lambda n: say(f"  {n}/{len(corpus.many)} projects uploaded"))
     seconds[f"{len(corpus.many)} projects ({SEED_WORKERS} parallel sessions)"] = time.monotonic() - t0
+    settled = wait_until_settled(base_url)
+    if settled is None:
+        say("  event processing did not report catching up; measuring anyway")
+    else:
+        seconds["event processing caught up"] = settled
     return Seeded(token, download_path, seconds)
