@@ -131,6 +131,7 @@ class Download:
         self.finished = False          # body complete and verified
         self.failed = False
         self.over = False              # failed or committed: no longer joinable
+        self.problem = ""
         self.followers: set[Follower] = set()
         self._idle: IDelayedCall | None = None
         self._transport: Any = None
@@ -250,6 +251,7 @@ class Download:
     def _fail(self, problem: str) -> None:
         log.error("mirror download of {relpath} discarded: {problem}", relpath=self.relpath, problem=problem)
         self.failed = True
+        self.problem = problem
         self._files.forget(self)
         for follower in list(self.followers):
             follower.abort()
@@ -398,7 +400,8 @@ class Follower:
 
     def _close(self) -> None:
         self._closed = True
-        self._request.unregisterProducer()
+        if self._request.channel is not None:      # None once the client connection is gone
+            self._request.unregisterProducer()
         self._download.follower_left(self)
 
     def _leave(self) -> None:
@@ -466,7 +469,8 @@ class MirrorFiles:
             raise FileUnavailable(504, f"timeout after {self.settings.request_timeout:g}s getting "
                                        f"{download.url}") from None
         if download.failed:
-            raise FileUnavailable(502, f"error getting {download.url}")
+            # It broke before this client got a byte: it can still get a proper error.
+            raise FileUnavailable(502, download.problem or f"error getting {download.url}")
         if download.over:
             return False
         set_headers(head)

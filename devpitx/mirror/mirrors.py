@@ -10,7 +10,7 @@ that page builds read mirror data through. Handlers use it in two steps:
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,14 @@ class Mirrors:
         self.lists = ProjectLists(self.upstream, clock, run_disk, settings)
         self.pages = MirrorPages(store, self.upstream, self.lists, clock, run_disk, settings)
         self.files = MirrorFiles(store, self.upstream, clock, run_disk, settings)
+        store.add_listener(self._committed)
+
+    def _committed(self, serial: int, changes: Mapping[str, Any]) -> None:
+        touched = {tuple(key.split("/", 3)[1:3]) for key in changes if key.startswith("mirrorlinks/")}
+        for user, index in touched:
+            names = self.store.children(f"mirrorlinks/{user}/{index}")
+            count = len(names) if isinstance(names, Sized) else sum(1 for _ in names)
+            self.lists.local_names_counted(f"{user}/{index}", count)
 
     # -- MirrorSource: synchronous reads for page builds ------------------------------------------
     def mirror_project(self, view: Reader, mirror: Stage, project: str) -> MirrorProject | None:

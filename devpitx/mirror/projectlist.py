@@ -107,6 +107,8 @@ class ProjectLists:
         self._settings = settings
         self._lists: dict[str, _ListState] = {}
         self._flights: SingleFlight[str, None] = SingleFlight(clock)
+        self._local_counts: dict[str, int] = {}
+        self._local_generation: dict[str, int] = {}
 
     def _state(self, stage: Stage) -> _ListState:
         url = str(stage.config.get("mirror_url") or "")
@@ -199,5 +201,13 @@ class ProjectLists:
         return upstream is not None and project in upstream
 
     def generation(self, stage: Stage) -> int:
-        """Changes whenever the upstream names this mirror lists change (page cache stamps)."""
-        return self._state(stage).generation
+        """Changes whenever the names this mirror lists change (page cache stamps)."""
+        return self._state(stage).generation + self._local_generation.get(stage.name, 0)
+
+    def local_names_counted(self, index_name: str, count: int) -> None:
+        """After a commit touching ``index_name``'s link records: the number of locally known
+        names. A change of it (a record created or deleted) changes the list; updates of
+        existing records do not, so a huge list page is not re-rendered for each of them."""
+        if self._local_counts.get(index_name) != count:
+            self._local_counts[index_name] = count
+            self._local_generation[index_name] = self._local_generation.get(index_name, 0) + 1
