@@ -1,4 +1,4 @@
-"""Edits of single links of an index: deleting one file, yanking (model.md §7, PEP 592).
+"""Edits of links of an index: deleting files, mirror caches, yanking (model.md §7, PEP 592).
 
 A *link* is one entry of a version's ``+elinks`` (model/projects.py). Deleting
 the file behind a link removes the link, tombstones its file entry (410 from
@@ -22,7 +22,8 @@ from typing import Any
 
 from devpitx.model.indexes import Stage
 from devpitx.model.releases import ReleaseError
-from devpitx.storage.keys import file_key, project_key, version_key
+from devpitx.model.versions import split_filename
+from devpitx.storage.keys import file_key, mirrorlinks_key, project_key, version_key
 from devpitx.storage.txn import WriteTxn
 
 # A reason is shown in HTML attributes and JSON pages; keep it a sentence, not a document.
@@ -126,10 +127,7 @@ def delete_file(tx: WriteTxn, stage: Stage, relpath: str) -> None:
     """Delete the file at ``relpath`` of index ``stage`` (model.md §7, first row)."""
     entry = _existing_entry(tx, relpath)
     if stage.is_mirror:
-        # Mirrors: only a cached file (with a project and content) can be deleted.
-        if not entry.get("project") or not entry.get("last_modified"):
-            raise ReleaseError(404, f"package '{relpath}' doesn't exist")
-        tx.set(file_key(relpath), {})
+        _delete_mirror_file(tx, stage, relpath, entry)
         return
     found = _linked_version(tx, stage.user, stage.index, relpath, entry)
     tx.set(file_key(relpath), {})
@@ -152,3 +150,57 @@ def delete_file(tx: WriteTxn, stage: Stage, relpath: str) -> None:
     project = str(entry["project"])
     if not tx.children(f"version/{stage.user}/{stage.index}/{project}"):
         tx.delete(project_key(stage.user, stage.index, project))
+
+
+# -- mirrors (model.md §7, second column) -------------------------------------------------------
+# A mirror's links live in its link record ``mirrorlinks/<u>/<i>/<p>`` (devpitx/mirror/links.py);
+# a file entry exists only once the file was downloaded. Removing the entry removes the cached
+# content: while the record still lists the link, the file can be fetched again.
+def _record_relpaths(record: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(basename, relpath) of every link of a mirror link record."""
+    pairs = []
+    for pair in record.get("links") or ():
+        if isinstance(pair, list) and len(pair) == 2:
+            pairs.append((str(pair[0]), str(pair[1]).partition("#")[0]))
+    return pairs
+
+
+def _mirror_record(tx: WriteTxn, stage: Stage, project: str) -> dict[str, Any] | None:
+    record = tx.get(mirrorlinks_key(stage.user, stage.index, project))
+    return record if isinstance(record, dict) else None
+
+
+def _drop_cached(tx: WriteTxn, relpath: str) -> None:
+    if tx.get(file_key(relpath)) is not None:
+        tx.delete(file_key(relpath))
+
+
+def _delete_mirror_file(tx: WriteTxn, stage: Stage, relpath: str, entry: Mapping[str, Any]) -> None:
+    project = entry.get("project")
+    if not isinstance(project, str) or not entry.get("last_modified"):
+        # only a cached file (with a project and content) can be deleted
+        raise ReleaseError(404, f"package '{relpath}' doesn't exist")
+    tx.delete(file_key(relpath))
+    record = _mirror_record(tx, stage, project)
+    if record is not None and not any(tx.get(file_key(path)) for _name, path in _record_relpaths(record)):
+        tx.delete(mirrorlinks_key(stage.user, stage.index, project))
+
+
+def delete_mirror_version(tx: WriteTxn, stage: Stage, project: str, version: str) -> None:
+    """Remove the cached contents of one version; its links stay and can be downloaded again."""
+    record = _mirror_record(tx, stage, project)
+    relpaths = [path for name, path in _record_relpaths(record or {}) if split_filename(name)[1] == version]
+    if not relpaths:
+        raise ReleaseError(404, f"The version {version} of project {project} does not exist.")
+    for relpath in relpaths:
+        _drop_cached(tx, relpath)
+
+
+def delete_mirror_project(tx: WriteTxn, stage: Stage, project: str) -> None:
+    """Remove a mirror's cached files and link record of ``project``."""
+    record = _mirror_record(tx, stage, project)
+    if record is None:
+        raise ReleaseError(404, "project not found")
+    for _name, relpath in _record_relpaths(record):
+        _drop_cached(tx, relpath)
+    tx.delete(mirrorlinks_key(stage.user, stage.index, project))

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from devpitx.model.indexes import Stage
-from devpitx.model.inherit import SimpleLink, mirror_project, walk_project
+from devpitx.model.inherit import STORED_MIRRORS, MirrorSource, SimpleLink, walk_project
 from devpitx.model.names import normalize_project_name
 from devpitx.model.projects import get_versiondata, has_project, version_names
 from devpitx.model.versions import version_sort_key
@@ -94,17 +94,22 @@ def mirror_versiondata(project: str, version: str, links: Iterable[SimpleLink]) 
 
 
 # -- walking the resolution order --------------------------------------------------------------
-def contributions(view: Reader, order: Sequence[Stage], project: str) -> tuple[list[Contribution], bool]:
+def contributions(view: Reader, order: Sequence[Stage], project: str,
+                  mirrors: MirrorSource = STORED_MIRRORS) -> tuple[list[Contribution], bool]:
     """The indexes of ``order`` that contribute versions of ``project``, in order, and whether
-    any index of ``order`` has the project at all (for 404 decisions)."""
+    any index of ``order`` has the project at all (for 404 decisions).
+
+    ``mirrors`` is where mirror data comes from (the running server's mirror component,
+    which has brought its records up to date before this synchronous read).
+    """
     project = normalize_project_name(project)
-    walk = walk_project(view, order, project)
+    walk = walk_project(view, order, project, mirrors)
     found: list[Contribution] = []
     for stage in order:
         if stage.is_mirror:
             if stage.name not in walk.contributing_mirrors:
                 continue
-            mirrored = mirror_project(view, stage, project)
+            mirrored = mirrors.mirror_project(view, stage, project)
             if mirrored is None:
                 continue
             versions = {v: mirror_versiondata(project, v, mirrored.links) for v in mirrored.versions}
@@ -121,11 +126,11 @@ def contributions(view: Reader, order: Sequence[Stage], project: str) -> tuple[l
     return found, walk.exists
 
 
-def project_view(view: Reader, order: Sequence[Stage], project: str,
-                 url_for: UrlFor) -> tuple[dict[str, dict[str, Any]], bool]:
+def project_view(view: Reader, order: Sequence[Stage], project: str, url_for: UrlFor,
+                 mirrors: MirrorSource = STORED_MIRRORS) -> tuple[dict[str, dict[str, Any]], bool]:
     """``projectconfig`` result: version -> view versiondata over ``order``, ascending by version;
     and whether the project exists anywhere in ``order``."""
-    found, exists = contributions(view, order, project)
+    found, exists = contributions(view, order, project, mirrors)
     by_version: dict[str, list[Mapping[str, Any]]] = {}
     for contribution in found:
         for version, data in contribution.versions.items():
@@ -137,10 +142,10 @@ def project_view(view: Reader, order: Sequence[Stage], project: str,
     return result, exists or bool(found)
 
 
-def version_view(view: Reader, order: Sequence[Stage], project: str, version: str,
-                 url_for: UrlFor) -> dict[str, Any] | None:
+def version_view(view: Reader, order: Sequence[Stage], project: str, version: str, url_for: UrlFor,
+                 mirrors: MirrorSource = STORED_MIRRORS) -> dict[str, Any] | None:
     """``versiondata`` result for one version over ``order``; None if no index has it."""
-    found, _exists = contributions(view, order, project)
+    found, _exists = contributions(view, order, project, mirrors)
     datas = [c.versions[version] for c in found if version in c.versions]
     if not datas:
         return None

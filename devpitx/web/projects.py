@@ -4,7 +4,8 @@ GET answers the JSON views of ``model/views.py`` (``projectconfig`` and
 ``versiondata``) with absolute ``+links`` hrefs built from the same base URL
 as ``+api``'s index URL, which devpi-client compares them with. DELETE
 removes a project or a version from this index only, refused on
-non-volatile indexes unless ``?force`` is given. PATCH on a version yanks or
+non-volatile indexes unless ``?force`` is given (mirrors: the cached files,
+model.md §7). PATCH on a version yanks or
 unyanks all its release files (PEP 592; docs/yanking.md).
 
 A non-normalized project segment in a GET is redirected to the normalized
@@ -16,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.web.iweb import IRequest
 
+from devpitx.mirror.pages import MirrorUnavailable
 from devpitx.model.indexes import Stage, get_stage, is_volatile, not_found_message, sro
-from devpitx.model.links import parse_yank_body, yank_version
+from devpitx.model.links import delete_mirror_project, delete_mirror_version, parse_yank_body, yank_version
 from devpitx.model.names import normalize_project_name
 from devpitx.model.projects import get_versiondata, has_project
 from devpitx.model.releases import ReleaseError, delete_project, delete_version
@@ -47,7 +49,7 @@ class Routes:
         method = require_method(request, *READ_METHODS, b"DELETE")
         if method == b"DELETE":
             return await self._delete_project(request, user, index, normalize_project_name(project))
-        return self._get_project(request, user, index, project)
+        return await self._get_project(request, user, index, project)
 
     async def version(self, request: IRequest, user: str, index: str, project: str, version: str) -> bytes:
         method = require_method(request, *READ_METHODS, b"DELETE", b"PATCH")
@@ -55,7 +57,7 @@ class Routes:
             return await self._delete_version(request, user, index, normalize_project_name(project), version)
         if method == b"PATCH":
             return await self._yank_version(request, user, index, normalize_project_name(project), version)
-        return self._get_version(request, user, index, project, version)
+        return await self._get_version(request, user, index, project, version)
 
     # -- helpers -------------------------------------------------------------------------------
     def _stage(self, user: str, index: str) -> Stage:
@@ -76,8 +78,16 @@ class Routes:
         request.setHeader(b"location", location.encode("latin-1", "replace"))
         return b""
 
+    async def _ensure_mirrors(self, order: list[Stage], project: str) -> None:
+        """Upstream I/O for the mirrors the walk consults, before the synchronous read (502/504
+        when the requested mirror itself fails with nothing stored)."""
+        try:
+            await self._server.mirrors.ensure_project(order, project)
+        except MirrorUnavailable as exc:
+            raise NegotiatedError(exc.code, exc.message) from None
+
     # -- GET -----------------------------------------------------------------------------------
-    def _get_project(self, request: IRequest, user: str, index: str, project: str) -> bytes:
+    async def _get_project(self, request: IRequest, user: str, index: str, project: str) -> bytes:
         require_json_view(request)
         name = normalize_project_name(project)
         if name != project:
@@ -86,21 +96,27 @@ class Routes:
             accept = (request.getHeader(b"accept") or b"").decode("latin-1")
             raise ApiError(415, f"unsupported media type: the project view needs 'application/json' in Accept, "
                                 f"got {accept!r}")
+        ignore_bases = has_query_flag(request, "ignore_bases")
         stage = self._stage(user, index)
+        await self._ensure_mirrors([stage] if ignore_bases else sro(self._store, user, index), name)
+        stage = self._stage(user, index)          # re-read after the await
         full_order = sro(self._store, user, index)
-        order = [stage] if has_query_flag(request, "ignore_bases") else full_order
-        result, exists = project_view(self._store, order, name, self._url_for(request))
+        order = [stage] if ignore_bases else full_order
+        result, exists = project_view(self._store, order, name, self._url_for(request), self._server.mirrors)
         if not result and not exists and not _exists_in(self._store, full_order, name):
             raise NegotiatedError(404, f"no project '{name}'")
         return envelope(request, "projectconfig", result)
 
-    def _get_version(self, request: IRequest, user: str, index: str, project: str, version: str) -> bytes:
+    async def _get_version(self, request: IRequest, user: str, index: str, project: str, version: str) -> bytes:
         require_json_view(request)
         name = normalize_project_name(project)
         if name != project:
             return self._redirect_to_normalized(request, f"/{user}/{index}/{name}/{version}")
         self._stage(user, index)
-        result = version_view(self._store, sro(self._store, user, index), name, version, self._url_for(request))
+        await self._ensure_mirrors(sro(self._store, user, index), name)
+        self._stage(user, index)
+        result = version_view(self._store, sro(self._store, user, index), name, version, self._url_for(request),
+                              self._server.mirrors)
         if result is None:
             raise ApiError(404, f"The version {version} of project {name} does not exist.")
         return envelope(request, "versiondata", result)
@@ -112,11 +128,16 @@ class Routes:
         stage = self._stage(user, index)   # re-read after the await
         if not is_volatile(stage.config) and not has_query_flag(request, "force"):
             raise ApiError(403, f"project '{project}' is on non-volatile index {stage.name}")
-        with self._store.write() as tx:
-            if stage.is_mirror or not has_project(tx, user, index, project):
-                # Mirrors hold no deletable project data until mirror caching exists.
-                raise ApiError(404, "project not found")
-            delete_project(tx, user, index, project)
+        try:
+            with self._store.write() as tx:
+                if stage.is_mirror:
+                    delete_mirror_project(tx, stage, project)
+                elif not has_project(tx, user, index, project):
+                    raise ReleaseError(404, "project not found")
+                else:
+                    delete_project(tx, user, index, project)
+        except ReleaseError as exc:
+            raise ApiError(exc.code, exc.message) from None
         report_commit(request, tx)
         return message_response(request, f"project {project} deleted from stage {stage.name}")
 
@@ -126,10 +147,16 @@ class Routes:
         stage = self._stage(user, index)
         if not is_volatile(stage.config) and not has_query_flag(request, "force"):
             raise NegotiatedError(403, "cannot delete version on non-volatile index")
-        with self._store.write() as tx:
-            if stage.is_mirror or get_versiondata(tx, user, index, project, version) is None:
-                raise NegotiatedError(404, f"The version {version} of project {project} does not exist.")
-            delete_version(tx, user, index, project, version)
+        try:
+            with self._store.write() as tx:
+                if stage.is_mirror:
+                    delete_mirror_version(tx, stage, project, version)
+                elif get_versiondata(tx, user, index, project, version) is None:
+                    raise ReleaseError(404, f"The version {version} of project {project} does not exist.")
+                else:
+                    delete_version(tx, user, index, project, version)
+        except ReleaseError as exc:
+            raise NegotiatedError(exc.code, exc.message) from None
         report_commit(request, tx)
         return message_response(request, f"project '{project}' version '{version}' deleted")
 

@@ -88,6 +88,7 @@ class Pusher:
     def __init__(self, server: Server) -> None:
         self._server = server
         self._store = server.store
+        self._own_http: Any = None
 
     def _stage(self, user: str, index: str) -> Stage:
         stage = get_stage(self._store, user, index)
@@ -157,9 +158,11 @@ class Pusher:
     def _http(self) -> Any:
         if self._server.http is not None:
             return self._server.http
-        # The service wiring passes no HTTP client yet; in a running server the clock is the reactor.
-        self._server.http = HTTPClient(Agent(cast(Any, self._server.clock)))
-        return self._server.http
+        if self._own_http is None:
+            # No client wired (offline mode): an explicit push still may upload. In a running
+            # server the clock is the reactor.
+            self._own_http = HTTPClient(Agent(cast(Any, self._server.clock)))
+        return self._own_http
 
     async def _post_form(self, target: ExternalPush, fields: Sequence[tuple[str, str]],
                          file: tuple[str, Path] | None) -> tuple[int, str]:

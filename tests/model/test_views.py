@@ -5,7 +5,6 @@ from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from devpitx.model import views
 from devpitx.model.indexes import Stage, sro
 from devpitx.model.inherit import MirrorProject, SimpleLink
 from devpitx.model.views import mirror_versiondata, project_view, version_view, view_link, view_versiondata
@@ -109,34 +108,46 @@ class ProjectViewTests(SynchronousTestCase):
         self.assertIsNone(version_view(self.view, order, "q", "1.0", url_for))
 
 
+class FakeMirrors:
+    """A MirrorSource whose root/pypi has ``p`` 2.0."""
+
+    def __init__(self) -> None:
+        link = SimpleLink("p-2.0.zip", "root/pypi/+f/aaa/bbb/p-2.0.zip", "root/pypi", "2.0", "sha256", "aa")
+        self.mirrored = MirrorProject((link,), ("2.0",))
+        self.asked: list[str] = []
+
+    def mirror_project(self, view: Any, mirror: Stage, project: str) -> MirrorProject | None:
+        self.asked.append(project)
+        return self.mirrored if project == "p" else None
+
+    def mirror_project_names(self, view: Any, mirror: Stage) -> list[str]:
+        return ["p"]
+
+
 class MirrorContributionTests(SynchronousTestCase):
-    """Mirrors enter through inherit.mirror_project; whitelisting decides whether they are asked."""
+    """Mirrors enter through a MirrorSource; whitelisting decides whether they are asked."""
 
     def setUp(self) -> None:
         self.view = FakeView()
         self.view.data[index_key("root", "pypi")] = {"type": "mirror"}
         self.view.index("u", "dev", bases=["root/pypi"])
-        link = SimpleLink("p-2.0.zip", "root/pypi/+f/aaa/bbb/p-2.0.zip", "root/pypi", "2.0", "sha256", "aa")
-        mirrored = MirrorProject((link,), ("2.0",))
-
-        def mirror_project(view: Any, mirror: Stage, project: str) -> MirrorProject | None:
-            return mirrored if project == "p" else None
-
-        # both the walk (inherit) and the view (views) ask the seam
-        from devpitx.model import inherit
-        self.patch(inherit, "mirror_project", mirror_project)
-        self.patch(views, "mirror_project", mirror_project)
+        self.mirrors = FakeMirrors()
 
     def test_mirror_versions_join_when_not_shadowed(self) -> None:
-        result, exists = project_view(self.view, sro(self.view, "u", "dev"), "p", url_for)
+        result, exists = project_view(self.view, sro(self.view, "u", "dev"), "p", url_for, self.mirrors)
         self.assertTrue(exists)
         self.assertEqual(result["2.0"]["+links"], [{"rel": "releasefile", "href": url_for("root/pypi/+f/aaa/bbb/p-2.0.zip"),
                                                     "hash_spec": "sha256=aa", "hashes": {"sha256": "aa"}}])
+        self.assertEqual(result["2.0"]["name"], "p")
 
     def test_private_project_blocks_the_mirror_unless_whitelisted(self) -> None:
         self.view.version("u", "dev", "p", "1.0", "p-1.0.zip")
-        result, _exists = project_view(self.view, sro(self.view, "u", "dev"), "p", url_for)
+        result, _exists = project_view(self.view, sro(self.view, "u", "dev"), "p", url_for, self.mirrors)
         self.assertEqual(list(result), ["1.0"])
+        self.assertEqual(self.mirrors.asked, [])      # a blocked mirror is not even asked
         self.view.index("u", "dev", bases=["root/pypi"], mirror_whitelist=["p"])
-        result, _exists = project_view(self.view, sro(self.view, "u", "dev"), "p", url_for)
+        result, _exists = project_view(self.view, sro(self.view, "u", "dev"), "p", url_for, self.mirrors)
         self.assertEqual(list(result), ["1.0", "2.0"])
+
+    def test_stored_records_by_default(self) -> None:
+        self.assertEqual(project_view(self.view, sro(self.view, "u", "dev"), "p", url_for), ({}, False))

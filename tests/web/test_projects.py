@@ -11,7 +11,7 @@ from typing import Any, cast
 
 from devpitx.model.ixconfig import new_index_config
 from devpitx.model.users import new_user_record
-from devpitx.storage.keys import index_key, project_key, user_key, version_key
+from devpitx.storage.keys import file_key, index_key, mirrorlinks_key, project_key, user_key, version_key
 from tests.helpers.forms import multipart, upload_fields, wheel_bytes
 from tests.helpers.testserver import BASE, cheap_hash
 from tests.web.test_api import Reply, ServerTestCase
@@ -297,3 +297,79 @@ class DeleteVersionTests(ReleaseTestCase):
             reply = self.request("DELETE", "/alice/vol/pkg/1.0", auth=auth)
             self.assertForbidden(reply, serial)
         self.assertEqual(self.request("DELETE", "/alice/vol/pkg/1.0", auth=self.root()).code, 200)
+
+
+class MirrorTests(ReleaseTestCase):
+    """Mirror data comes from link records (without an HTTP client the server is offline)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.add_index("alice", "mirror", type="mirror", mirror_url="http://127.0.0.1:9/simple/")
+        self.request("PATCH", "/alice/vol", ["bases=alice/mirror"], auth=ALICE)
+        self.files: dict[str, str] = {}
+        with self.server.store.write() as tx:
+            links = []
+            for basename in ("pkg-1.0.tar.gz", "pkg-2.0.tar.gz", "pkg-2.0-py3-none-any.whl"):
+                content = basename.encode()
+                sha = self.server.store.blobs.put_bytes(content)
+                relpath = f"alice/mirror/+f/{sha[:3]}/{sha[3:16]}/{basename}"
+                links.append([basename, f"{relpath}#sha256={sha}"])
+                self.files[basename] = relpath
+                tx.set(file_key(relpath), {"hash_spec": f"sha256={sha}", "hashes": {"sha256": sha},
+                                           "last_modified": "Tue, 14 Nov 2023 22:13:20 GMT", "project": "pkg",
+                                           "version": basename.split("-")[1].removesuffix(".tar.gz"),
+                                           "url": f"http://127.0.0.1:9/files/{basename}"})
+                tx.add_blob(sha)
+            tx.set(mirrorlinks_key("alice", "mirror", "pkg"), {
+                "links": links, "requires_python": [None] * 3, "yanked": [None, None, "bad"],
+                "serial": 7, "etag": None})
+
+    def test_mirror_versions_in_the_project_view(self) -> None:
+        self.upload("vol", "other", "1.0")
+        result = self.request("GET", "/alice/vol/pkg/").json["result"]
+        self.assertEqual(list(result), ["1.0", "2.0"])
+        self.assertEqual(result["2.0"]["name"], "pkg")
+        hrefs = sorted(link["href"] for link in result["2.0"]["+links"])
+        self.assertEqual(hrefs, sorted(f"{BASE}/{self.files[b]}" for b in ("pkg-2.0.tar.gz",
+                                                                           "pkg-2.0-py3-none-any.whl")))
+        self.assertEqual(result["2.0"]["yanked"], "bad")
+        # a private pkg shadows the mirror (not whitelisted)
+        self.upload("vol", "pkg", "3.0")
+        self.assertEqual(list(self.request("GET", "/alice/vol/pkg/").json["result"]), ["3.0"])
+
+    def test_delete_version_drops_cached_content_only(self) -> None:
+        reply = self.request("DELETE", "/alice/mirror/pkg/2.0", auth=ALICE)
+        self.assertEqual((reply.code, reply.message), (200, "project 'pkg' version '2.0' deleted"))
+        self.assertIsNone(self.stored(file_key(self.files["pkg-2.0.tar.gz"])))
+        self.assertIsNotNone(self.stored(file_key(self.files["pkg-1.0.tar.gz"])))
+        self.assertIsNotNone(self.stored(mirrorlinks_key("alice", "mirror", "pkg")))
+        # the link is still there and its entry derived from the record again (downloadable)
+        meta = self.request("GET", f"/{self.files['pkg-2.0.tar.gz']}").json["result"]
+        self.assertNotIn("last_modified", meta)
+        serial = self.server.store.serial
+        self.assertEqual(self.request("DELETE", "/alice/mirror/pkg/9.0", auth=ALICE).code, 404)
+        self.assertUnchanged(serial)
+
+    def test_delete_project(self) -> None:
+        serial = self.server.store.serial
+        self.assertEqual(self.request("DELETE", "/alice/mirror/nope", auth=ALICE).json["message"], "project not found")
+        self.assertUnchanged(serial)
+        reply = self.request("DELETE", "/alice/mirror/pkg", auth=ALICE)
+        self.assertEqual((reply.code, reply.message), (200, "project pkg deleted from stage alice/mirror"))
+        self.assertIsNone(self.stored(mirrorlinks_key("alice", "mirror", "pkg")))
+        self.assertEqual([self.stored(file_key(r)) for r in self.files.values()], [None, None, None])
+
+    def test_delete_file(self) -> None:
+        wheel = self.files["pkg-2.0-py3-none-any.whl"]
+        reply = self.request("DELETE", f"/{wheel}", auth=ALICE)
+        self.assertEqual((reply.code, reply.message), (200, f"package '{wheel}' deleted"))
+        self.assertIsNone(self.stored(file_key(wheel)))
+        self.assertIsNotNone(self.stored(mirrorlinks_key("alice", "mirror", "pkg")))
+        # no cached file left: the record goes too
+        for basename in ("pkg-1.0.tar.gz", "pkg-2.0.tar.gz"):
+            self.assertEqual(self.request("DELETE", f"/{self.files[basename]}", auth=ALICE).code, 200)
+        self.assertIsNone(self.stored(mirrorlinks_key("alice", "mirror", "pkg")))
+
+    def test_yank_is_refused(self) -> None:
+        reply = self.request("PATCH", "/alice/mirror/pkg/2.0", {"yanked": True}, auth=ALICE)
+        self.assertEqual((reply.code, reply.message), (400, "cannot yank on mirror index alice/mirror"))
