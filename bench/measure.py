@@ -5,8 +5,8 @@ devpitx, devpi-server, …) for each point, so that a slow moment of the shared
 machine lands on both. A server that cannot answer a measure (an endpoint
 not built yet, an error) gets an error cell and the run goes on.
 
-To add a measure (the mirror and replication ones will slot in here),
-write ``def measure_x(ctx: Context) -> None`` and list it in ``MEASURES``.
+To add a measure, write ``def measure_x(ctx: Context) -> None`` and list
+it in ``MEASURES`` in run.py.
 """
 from __future__ import annotations
 
@@ -370,7 +370,7 @@ def measure_startup(ctx: Context) -> None:
 # -- not built yet -------------------------------------------------------------------------------
 
 
-def _feature_exists(module_path: str) -> bool:
+def feature_exists(module_path: str) -> bool:
     """Whether devpitx has a module yet (the mirror and replica measures wait for theirs)."""
     return (REPO / module_path).exists()
 
@@ -412,7 +412,7 @@ def measure_mirror(ctx: Context) -> None:
     warm = ctx.results.row("mirror.warm", f"pip install of a {n}-package tree through root/pypi, warm", "s")
     names = ctx.usable(cold, ctx.contestants())
     ctx.usable(warm, ctx.contestants())
-    if DEVPITX in names and not _feature_exists("devpitx/mirror/upstream.py"):
+    if DEVPITX in names and not feature_exists("devpitx/mirror/upstream.py"):
         for row in (cold, warm):
             row.fail(DEVPITX, NOT_BUILT)
         names.remove(DEVPITX)
@@ -451,30 +451,3 @@ def measure_mirror(ctx: Context) -> None:
             warm.add(name, warm_s)
     finally:
         upstream.stop()
-
-
-def measure_replication(ctx: Context) -> None:
-    """7. Replication lag from upload to the replica's page, and catch-up of a fresh replica."""
-    status = NOT_BUILT if not _feature_exists("devpitx/replica/puller.py") else "not measured yet"
-    rows: tuple[tuple[str, str, str, list[Target]], ...] = (("replication.lag.p50", "replication lag p50", "ms", [Target("devpitx<=", 20)]),
-            ("replication.lag.p99", "replication lag p99", "ms", []),
-            ("replication.catchup", "fresh replica catch-up on 10,000 files", "s", [Target("ratio<=", 0.1)]),
-            ("replication.rss", "replica RSS after catch-up", "MiB", [Target("devpitx<", 200)]))
-    for key, label, unit, targets in rows:
-        ctx.results.row(key, label, unit, targets).status = status
-
-
-# Order matters: the big upload and start-up come last because they change the servers'
-# memory and restart them; memory after the workload is read before the restarts.
-MEASURES: dict[str, Callable[[Context], None]] = {
-    "simple": measure_simple_page,
-    "list": measure_project_list,
-    "projectjson": measure_project_json,
-    "download": measure_download,
-    "upload": measure_small_uploads,
-    "bigupload": measure_big_upload,
-    "memory": measure_memory_after_workload,
-    "startup": measure_startup,
-    "mirror": measure_mirror,
-    "replication": measure_replication,
-}

@@ -21,6 +21,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 if __package__ in (None, ""):
@@ -28,7 +29,19 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import servers  # noqa: E402
-from bench.measure import MEASURES, Context  # noqa: E402
+from bench.measure import (  # noqa: E402
+    Context,
+    measure_big_upload,
+    measure_download,
+    measure_memory_after_workload,
+    measure_mirror,
+    measure_project_json,
+    measure_project_list,
+    measure_simple_page,
+    measure_small_uploads,
+    measure_startup,
+)
+from bench.replication import measure_replication  # noqa: E402
 from bench.report import (  # noqa: E402
     DEVPI,
     DEVPITX,
@@ -41,6 +54,20 @@ from bench.report import (  # noqa: E402
 )
 from bench.seed import Plan, Seeded, build_corpus, seed  # noqa: E402
 
+# Order matters: the big upload, start-up and replication come late because they change the
+# servers' memory and restart them; memory after the workload is read before the restarts.
+MEASURES: dict[str, Callable[[Context], None]] = {
+    "simple": measure_simple_page,
+    "list": measure_project_list,
+    "projectjson": measure_project_json,
+    "download": measure_download,
+    "upload": measure_small_uploads,
+    "bigupload": measure_big_upload,
+    "memory": measure_memory_after_workload,
+    "startup": measure_startup,
+    "mirror": measure_mirror,
+    "replication": measure_replication,
+}
 RESULTS_DIR = servers.BENCH_DIR / "results"
 DOC_PATH = servers.REPO / "docs" / "performance.md"
 

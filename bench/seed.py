@@ -49,7 +49,7 @@ class Plan:
 
     @classmethod
     def quick_plan(cls) -> Plan:
-        return cls(quick=True, many_projects=1_000)
+        return cls(quick=True, many_projects=1_000, small_uploads=100)
 
     def scaled(self, factor: float) -> Plan:
         """Tiny plans for debugging the harness (--scale)."""

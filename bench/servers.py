@@ -7,7 +7,9 @@ a timeout); it never signals anything it did not start.
 """
 from __future__ import annotations
 
+import base64
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -181,31 +183,71 @@ class Server:
             return ""
 
 
-def devpitx_server(workdir: Path, port: int, argon2: Sequence[str] = ()) -> Server:
+def write_secret(path: Path) -> Path:
+    """A secret file as devpi-gen-secret writes it (base64 of 32 random bytes, mode 0600).
+
+    Each server gets one from the start: a replica must share its primary's
+    secret, and login tokens then survive the restarts of the start-up measure.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(base64.b64encode(secrets.token_bytes(32)))
+    return path
+
+
+def devpitx_server(workdir: Path, port: int, argon2: Sequence[str] = (), name: str = "devpitx",
+                   extra: Sequence[str] = ()) -> Server:
     """devpitx via its twistd plugin; it initialises a missing server directory itself."""
-    serverdir = workdir / "devpitx-serverdir"
-    log = workdir / "devpitx.log"
+    serverdir = workdir / f"{name}-serverdir"
+    secret = workdir / "devpitx.secret"
+    if not secret.exists():
+        write_secret(secret)
     argv = [
-        str(DEVPITX_PYTHON), "-m", "twisted", f"--log-file={workdir / 'devpitx-twisted.log'}",
+        str(DEVPITX_PYTHON), "-m", "twisted", f"--log-file={workdir / f'{name}-twisted.log'}",
         "devpitx", "--serverdir", str(serverdir), "--listen", f"tcp:{port}:interface=127.0.0.1",
-        "--no-root-pypi", "--root-passwd", ROOT_PASSWORD, *argon2,
+        "--secretfile", str(secret), *argon2, *extra,
     ]
-    return Server("devpitx", argv, serverdir, port, log)
+    if not extra:
+        argv += ["--no-root-pypi", "--root-passwd", ROOT_PASSWORD]
+    return Server(name, argv, serverdir, port, workdir / f"{name}.log")
 
 
-def devpi_server(workdir: Path, port: int, argon2: Sequence[str] = ()) -> Server:
+def devpitx_replica(workdir: Path, port: int, primary_url: str, argon2: Sequence[str] = ()) -> Server:
+    """A devpitx replica of the devpitx under test (spec/cli.md: --primary-url, same secret file)."""
+    return devpitx_server(workdir, port, argon2, name="devpitx-replica",
+                          extra=("--role", "replica", "--primary-url", primary_url))
+
+
+def devpi_server(workdir: Path, port: int, argon2: Sequence[str] = (), name: str = "devpi-server",
+                 extra: Sequence[str] = ()) -> Server:
     """devpi-server from its own venv; ``init_devpi_server`` must have run on the serverdir."""
-    serverdir = workdir / "devpi-serverdir"
+    serverdir = workdir / f"{name}-serverdir"
+    secret = workdir / "devpi-server.secret"
+    if not secret.exists():
+        write_secret(secret)
     argv = [str(DEVPI_VENV / "bin" / "devpi-server"), "--serverdir", str(serverdir),
-            "--host", "127.0.0.1", "--port", str(port), *argon2]
-    return Server("devpi-server", argv, serverdir, port, workdir / "devpi-server.log")
+            "--host", "127.0.0.1", "--port", str(port), "--secretfile", str(secret), *argon2, *extra]
+    return Server(name, argv, serverdir, port, workdir / f"{name}.log")
 
 
-def init_devpi_server(server: Server) -> None:
+def devpi_replica(workdir: Path, port: int, primary_url: str, argon2: Sequence[str] = ()) -> Server:
+    return devpi_server(workdir, port, argon2, name="devpi-server-replica", extra=("--primary-url", primary_url))
+
+
+def init_devpi_server(server: Server, replica_of: str | None = None) -> None:
     """``devpi-init`` without root/pypi: nothing in the benchmark may reach an upstream index."""
-    subprocess.run([str(DEVPI_VENV / "bin" / "devpi-init"), "--serverdir", str(server.serverdir),
-                    "--no-root-pypi", "--root-passwd", ROOT_PASSWORD],
-                   check=True, capture_output=True, env=clean_env(), timeout=300)
+    argv = [str(DEVPI_VENV / "bin" / "devpi-init"), "--serverdir", str(server.serverdir)]
+    if replica_of:
+        argv += ["--role", "replica", "--primary-url", replica_of]
+    else:
+        argv += ["--no-root-pypi", "--root-passwd", ROOT_PASSWORD]
+    subprocess.run(argv, check=True, capture_output=True, env=clean_env(), timeout=300)
+
+
+def as_primary(server: Server) -> Server:
+    """The same server, to be started with ``--role primary`` (replication must be asked for)."""
+    return Server(server.name, [*server.argv, "--role", "primary"], server.serverdir, server.port,
+                  server.log_path)
 
 
 # -- tools -------------------------------------------------------------------------------
