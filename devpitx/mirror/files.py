@@ -135,7 +135,7 @@ class Download:
         self.followers: set[Follower] = set()
         self._idle: IDelayedCall | None = None
         self._transport: Any = None
-        self.committed: Deferred[None] = Deferred()
+        self._over_waiters: list[Deferred[None]] = []
 
     # -- headers ------------------------------------------------------------------------------
     def wait_head(self, timeout: float) -> Deferred[UpstreamHead]:
@@ -159,7 +159,7 @@ class Download:
 
     # -- the download -------------------------------------------------------------------------
     async def run(self) -> None:
-        """The whole life of the download; reports through followers and ``committed``."""
+        """The whole life of the download; reports through followers and :meth:`wait_over`."""
         upstream = self._files.upstream
         try:
             response = await upstream.open_file(self.url, mirror_url_of(self.stage),
@@ -206,9 +206,8 @@ class Download:
     def _fail_head(self, failure: FileUnavailable) -> None:
         self.failed = True
         self._files.forget(self)
-        self._release()
         self._head_known(None, failure)
-        self.committed.callback(None)
+        self._release()
 
     def _touch(self) -> None:
         """(Re)arm the idle timer: an upstream that stops sending mid-body is dropped."""
@@ -255,10 +254,9 @@ class Download:
         self._files.forget(self)
         for follower in list(self.followers):
             follower.abort()
-        self._release()
         if self.tmp_path is not None:
             self.tmp_path.unlink(missing_ok=True)
-        self.committed.callback(None)
+        self._release()
 
     async def _commit(self) -> None:
         digests = self._hashes.digests()
@@ -278,7 +276,6 @@ class Download:
         finally:
             files.forget(self)
             self._release()
-            self.committed.callback(None)
 
     def _record(self, current: Mapping[str, Any] | None, digests: Mapping[str, str]) -> None:
         files = self._files
@@ -301,6 +298,17 @@ class Download:
         """The download is over: close the shared descriptor once no follower reads from it."""
         self.over = True
         self._maybe_close()
+        waiters, self._over_waiters = self._over_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def wait_over(self) -> Deferred[None]:
+        """Fires when the download failed or its file is stored (cancelling affects only the caller)."""
+        if self.over:
+            return succeed(None)
+        d: Deferred[None] = Deferred(lambda cancelled: self._over_waiters.remove(cancelled))
+        self._over_waiters.append(d)
+        return d
 
     def _maybe_close(self) -> None:
         if self.over and not self.followers and self.fd is not None:
@@ -478,6 +486,29 @@ class MirrorFiles:
             return True     # the download goes on and caches the file
         await Follower(download, cast(Request, request)).start()
         return True
+
+    async def ensure_stored(self, stage: Stage, relpath: str) -> dict[str, Any]:
+        """Download and cache a mirror file without a client (a push from a mirror, mirror.md §5.2);
+        joins a download in progress. Returns the stored entry."""
+        entry = self.entry(stage, relpath)
+        if not entry:
+            raise FileUnavailable(404, "no such file")
+        sha256 = (entry.get("hashes") or {}).get("sha256")
+        if entry.get("last_modified") and isinstance(sha256, str) and self.store.blobs.has(sha256):
+            return entry
+        if self.upstream.offline or not entry.get("url"):
+            raise FileUnavailable(404, "no such file")
+        download = self.download(stage, relpath, entry)
+        try:
+            await download.wait_head(self.settings.request_timeout)
+        except TimeoutError:
+            raise FileUnavailable(504, f"timeout after {self.settings.request_timeout:g}s getting "
+                                       f"{download.url}") from None
+        await download.wait_over()
+        stored = get_file_entry(self.store, relpath)
+        if download.failed or not stored or not stored.get("last_modified"):
+            raise FileUnavailable(502, download.problem or f"error getting {download.url}")
+        return stored
 
     async def fetch_metadata(self, stage: Stage, relpath: str, entry: Mapping[str, Any]) -> str:
         """Fetch, verify and store ``<file>.metadata`` (PEP 658); returns its sha256."""

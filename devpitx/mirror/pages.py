@@ -133,7 +133,9 @@ class MirrorPages:
         record = self._record(stage, project)
         if self._upstream.offline:
             return Freshness.STALE if record is not None else Freshness.ABSENT
-        state = self._state(stage, project)
+        # Looked up without creating: names upstream does not list get no state at all, so
+        # requests for arbitrary names cannot grow this process's memory.
+        state = self._projects.get((stage.name, project)) or _ProjectState()
         now = self._clock.seconds()
         expiry = cache_expiry_seconds(stage.config, self._settings.default_cache_expiry)
         if record is not None and state.retrieved_at is not None and now - state.retrieved_at < expiry:
@@ -145,7 +147,6 @@ class MirrorPages:
             record = self._record(stage, project)       # the world may have moved while we waited
             if record is None and self._lists.has_project(self._store, stage, project) is False:
                 # Never ask upstream for names it does not list (private names, typos).
-                state.not_found_at = self._clock.seconds()
                 return Freshness.ABSENT
         flight = self._flights.running((stage.name, project))
         now = self._clock.seconds()

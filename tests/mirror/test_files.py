@@ -15,6 +15,8 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.iweb import IResponse
 
+from devpitx.mirror.files import FileUnavailable
+from devpitx.model.indexes import get_stage
 from devpitx.storage.keys import file_key
 from tests.helpers.testserver import BASE
 from tests.mirror.fake_upstream import FakeFile
@@ -206,6 +208,41 @@ class FirstDownloadTests(FileCase):
         entry = self.server.store.get(file_key(path.lstrip("/"))) or {}
         self.assertEqual(entry["hashes"], {"md5": md5, "sha256": hashlib.sha256(content).hexdigest()})
         self.assertEqual(entry["hash_spec"], f"md5={md5}")
+
+
+class EnsureStoredTests(FileCase):
+    """Downloads without a client (what a push from a mirror needs)."""
+
+    def ensure(self, relpath: str) -> Deferred[dict[str, Any]]:
+        stage = get_stage(self.server.store, "root", "pypi")
+        assert stage is not None
+        return Deferred.fromCoroutine(self.server.mirrors.files.ensure_stored(stage, relpath))
+
+    def test_downloads_once_and_joins_a_download_in_progress(self) -> None:
+        self.upstream.stall_after[self.upstream_path] = 1000
+        streaming, chunks = self.start_streaming()
+        stored = self.ensure(self.relpath)
+        self.assertNoResult(stored)
+        self.upstream.release()
+        entry = self.finish(stored)
+        self.assertEqual(entry["hashes"]["sha256"], self.fake.sha256)
+        self.assertEqual(self.finish(self.ensure(self.relpath)), entry)
+        self.assertEqual(self.upstream.count(self.upstream_path), 1)
+        self.finish(self.collect(self.finish(streaming), chunks))
+        self.assertEqual(b"".join(chunks), CONTENT)
+
+    def test_failures(self) -> None:
+        self.upstream.status[self.upstream_path] = 404
+        failure = self.failureResultOf(self.ensure(self.relpath), FileUnavailable)
+        self.assertEqual((failure.value.code, failure.value.message),
+                         (404, "error 404 getting http://upstream.example/files/pkg-1.0.tar.gz"))
+        self.failureResultOf(self.ensure("root/pypi/+f/abc/def/nothing-1.0.zip"), FileUnavailable)
+        del self.upstream.status[self.upstream_path]
+        self.upstream.corrupt.add(self.upstream_path)
+        d = self.ensure(self.relpath)
+        self.pump()
+        self.assertEqual(self.failureResultOf(d, FileUnavailable).value.code, 502)
+        self.assert_nothing_stored()
 
 
 class BrokenUpstreamTests(FileCase):
