@@ -132,6 +132,7 @@ class Download:
         self.failed = False
         self.over = False              # failed or committed: no longer joinable
         self.problem = ""
+        self._write_error = ""
         self.followers: set[Follower] = set()
         self._idle: IDelayedCall | None = None
         self._transport: Any = None
@@ -160,6 +161,17 @@ class Download:
     # -- the download -------------------------------------------------------------------------
     async def run(self) -> None:
         """The whole life of the download; reports through followers and :meth:`wait_over`."""
+        try:
+            await self._run()
+        except Exception:
+            # A bug or a local I/O error (tmp/ full...): nobody may wait forever on this download.
+            log.failure("mirror download of {relpath} failed", relpath=self.relpath)
+            if self.head is None and not self.over:
+                self._fail_head(FileUnavailable(502, f"error getting {self.url}"))
+            elif not self.over:
+                self._fail(f"error while downloading {self.url}")
+
+    async def _run(self) -> None:
         upstream = self._files.upstream
         try:
             response = await upstream.open_file(self.url, mirror_url_of(self.stage),
@@ -190,11 +202,12 @@ class Download:
         try:
             await done
         except Exception as exc:
-            self._fail(f"download of {self.url} broke off after {self.written} bytes: {_reason(exc)}")
+            self._fail(self._write_error or
+                       f"download of {self.url} broke off after {self.written} bytes: {_reason(exc)}")
             return
         finally:
             self._stop_idle()
-        problem = self._verify()
+        problem = self._write_error or self._verify()
         if problem:
             self._fail(problem)
             return
@@ -225,10 +238,18 @@ class Download:
             self._transport.stopProducing()
 
     def received(self, data: bytes) -> None:
-        assert self.fd is not None
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view):]
+        if self.fd is None or self._write_error:
+            return
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self.fd, view):]
+        except OSError as exc:
+            # Disk full or similar: stop reading; connectionLost then fails the download.
+            self._write_error = f"cannot write {self.tmp_path}: {exc}"
+            if self._transport is not None:
+                self._transport.stopProducing()
+            return
         self._hashes.update(data)
         self.written += len(data)
         self._touch()

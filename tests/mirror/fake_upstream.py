@@ -69,6 +69,7 @@ class FakeUpstream(Resource):
     corrupt: set[str] = field(default_factory=set)
     unlisted: set[str] = field(default_factory=set)      # projects with pages but not in the list
     send_etag: bool = True
+    redirect: dict[str, str] = field(default_factory=dict)  # path -> Location (302)
     requests: list[str] = field(default_factory=list)
     headers_seen: list[dict[str, str]] = field(default_factory=list)
 
@@ -132,6 +133,12 @@ class FakeUpstream(Resource):
         return len(ready) + len(stalled)
 
     def _answer(self, request: Request, path: str) -> bytes | int:
+        if path in self.redirect:
+            request.setResponseCode(302)
+            request.setHeader(b"location", self.redirect[path].encode())
+            return b""
+        if path.startswith("/moved/"):
+            path = "/simple/" + path[len("/moved/"):]       # where redirects point to
         if path in self.status:
             request.setResponseCode(self.status[path])
             return b"forced status"

@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.iweb import IResponse
 
+from devpitx.mirror import files as files_module
 from devpitx.mirror.files import FileUnavailable
 from devpitx.model.indexes import get_stage
 from devpitx.storage.keys import file_key
@@ -285,6 +286,15 @@ class BrokenUpstreamTests(FileCase):
         response, body = self.get(self.path)
         self.assertEqual(response.code, 502)
         self.assertIn("broke off after 300000 bytes", json.loads(body)["message"])
+        self.assert_nothing_stored()
+
+    def test_local_write_error_is_reported_and_leaves_nothing(self) -> None:
+        def disk_full(fd: int, data: Any) -> int:
+            raise OSError(28, "No space left on device")
+        self.patch(files_module.os, "write", disk_full)
+        response, body = self.get(self.path)
+        self.assertEqual(response.code, 502)
+        self.assertIn("No space left on device", json.loads(body)["message"])
         self.assert_nothing_stored()
 
     def test_hash_mismatch_aborts_the_response_and_stores_nothing(self) -> None:

@@ -4,11 +4,15 @@ from __future__ import annotations
 import hashlib
 import json
 from typing import Any
+from urllib.parse import urljoin
+
+from treq.testing import StubTreq
 
 from devpitx.storage.keys import mirrorlinks_key
 from devpitx.version import DEVPITX_VERSION
 from tests.mirror.harness import BROWSER, MIRROR_URL, PIP_HTML, PIP_JSON, MirrorCase, header
-from tests.web.fixtures_records import add_file
+from tests.helpers.testserver import make_test_server
+from tests.web.fixtures_records import add_file, make_index
 
 NO_CACHE = "max-age=0, must-revalidate, no-cache, no-store"
 
@@ -163,6 +167,36 @@ class JsonUpstreamTests(MirrorCase):
         self.get_json("/root/pypi/+simple/pkg/")
         self.assertEqual(self.upstream.headers_seen[-1]["authorization"], "Basic bWU6czNjcmV0")
         self.assertNotIn("s3cret", json.dumps(self.server.store.get(mirrorlinks_key("root", "pypi", "pkg"))))
+
+
+    def test_redirects_are_followed_and_links_resolve_against_the_final_url(self) -> None:
+        self.upstream.redirect["/simple/pkg/"] = "http://upstream.example/moved/pkg/"
+        page = self.get_json("/root/pypi/+simple/pkg/")
+        self.assertEqual(len(page["files"]), 2)
+        self.assertEqual(self.upstream_paths("/moved/"), ["/moved/pkg/"])
+        record = self.server.store.get(mirrorlinks_key("root", "pypi", "pkg")) or {}
+        # "../../files/x" from /moved/pkg/ is /files/x, the same as from /simple/pkg/.
+        self.assertEqual(record["+urls"], ["http://upstream.example/files/pkg-1.0-py3-none-any.whl",
+                                           "http://upstream.example/files/pkg-0.9.tar.gz"])
+
+
+class DevpitxUpstreamTests(MirrorCase):
+    """Any simple index can be mirrored, another devpitx index included."""
+
+    def test_mirror_of_a_devpitx_index(self) -> None:
+        other = make_test_server(self.mktemp(), clock=self.clock)
+        make_index(other, "alice", "dev")
+        stored = add_file(other, "alice", "dev", "Private.Pkg", "1.0", "private_pkg-1.0-py3-none-any.whl",
+                          requires_python=">=3.9")
+        self.routing.stub = StubTreq(other.resource())
+        self.set_index("root", "pypi", {"type": "mirror", "mirror_url": "http://upstream.example/alice/dev/+simple/"})
+        self.assertEqual(self.get_json("/root/pypi/+simple/")["projects"], [{"name": "private-pkg"}])
+        page = self.get_json("/root/pypi/+simple/private-pkg/")
+        [item] = page["files"]
+        self.assertEqual((item["filename"], item["hashes"], item["requires-python"]),
+                         ("private_pkg-1.0-py3-none-any.whl", {"sha256": stored.sha256}, ">=3.9"))
+        response, body = self.get(urljoin("/root/pypi/+simple/private-pkg/", item["url"]))
+        self.assertEqual((response.code, body), (200, stored.content))
 
 
 class HtmlOnlyUpstreamTests(MirrorCase):
