@@ -15,7 +15,6 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.iweb import IResponse
 
-from devpitx.mirror import files as files_module
 from devpitx.mirror.files import FileUnavailable
 from devpitx.model.indexes import get_stage
 from devpitx.storage.keys import file_key
@@ -291,7 +290,7 @@ class BrokenUpstreamTests(FileCase):
     def test_local_write_error_is_reported_and_leaves_nothing(self) -> None:
         def disk_full(fd: int, data: Any) -> int:
             raise OSError(28, "No space left on device")
-        self.patch(files_module.os, "write", disk_full)
+        self.patch(os, "write", disk_full)      # the download writes with os.write
         response, body = self.get(self.path)
         self.assertEqual(response.code, 502)
         self.assertIn("No space left on device", json.loads(body)["message"])
