@@ -44,10 +44,12 @@ from twisted.web.http import PotentialDataLoss, Request
 from twisted.web.iweb import UNKNOWN_LENGTH, IRequest, IResponse
 from zope.interface import implementer
 
+from devpitx.mirror.fetches import SingleFlight
 from devpitx.mirror.links import entry_from_record, find_record_link, project_of_relpath
 from devpitx.mirror.upstream import (
     MAX_METADATA_BYTES, MirrorSettings, MirrorUrl, Upstream, UpstreamError, first_header,
 )
+from devpitx.model.distmeta import ArchiveError, wheel_core_metadata
 from devpitx.model.indexes import Stage
 from devpitx.model.projects import get_file_entry, http_date
 from devpitx.runtime import RunBlocking
@@ -460,6 +462,7 @@ class MirrorFiles:
         self.run_disk = run_disk
         self.settings = settings
         self.downloads: dict[str, Download] = {}
+        self._metadata_flights: SingleFlight[str, str | FileUnavailable] = SingleFlight(clock)
 
     def entry(self, stage: Stage, relpath: str) -> dict[str, Any] | None:
         """The stored entry, or for a mirror the one derived from the link record."""
@@ -532,33 +535,61 @@ class MirrorFiles:
         return stored
 
     async def fetch_metadata(self, stage: Stage, relpath: str, entry: Mapping[str, Any]) -> str:
-        """Fetch, verify and store ``<file>.metadata`` (PEP 658); returns its sha256."""
+        """Get, verify and store ``<file>.metadata`` (PEP 658); returns its sha256.
+
+        One fetch per file at a time. A wheel already stored here is read instead of asking
+        upstream (also offline), as long as its METADATA has the hash upstream announced.
+        """
+        flight = self._metadata_flights.join(relpath, lambda: self._metadata(stage, relpath, entry))
+        outcome = await flight.wait()
+        if isinstance(outcome, FileUnavailable):
+            raise outcome
+        return outcome
+
+    async def _metadata(self, stage: Stage, relpath: str, entry: Mapping[str, Any]) -> str | FileUnavailable:
         expected = (entry.get("+upstream_core_metadata") or {}).get("sha256")
         url = entry.get("url")
-        if self.upstream.offline or not isinstance(expected, str) or not isinstance(url, str):
-            raise FileUnavailable(404, "no such file")
-        metadata_url = url + ".metadata"
-        try:
-            page = await self.upstream.fetch_page(metadata_url, mirror_url_of(stage), accept=None,
-                                                  timeout=self.settings.request_timeout,
-                                                  max_bytes=MAX_METADATA_BYTES)
-        except UpstreamError as exc:
-            raise FileUnavailable(504 if exc.timed_out else 502, exc.message) from None
-        if page.status != 200:
-            raise FileUnavailable(404 if page.status == 404 else 502,
-                                  f"error {page.status} getting {metadata_url}")
-        sha256 = hashlib.sha256(page.body).hexdigest()
-        if sha256 != expected:
-            raise FileUnavailable(502, f"{metadata_url}: sha256 mismatch, expected {expected}, got {sha256}")
-        await self.run_disk(self.store.blobs.put_bytes, page.body)
+        if not isinstance(expected, str) or not isinstance(url, str):
+            return FileUnavailable(404, "no such file")
+        data = await self._local_metadata(relpath, entry, expected)
+        if data is None:
+            if self.upstream.offline:
+                return FileUnavailable(404, "no such file")
+            metadata_url = url + ".metadata"
+            try:
+                page = await self.upstream.fetch_page(metadata_url, mirror_url_of(stage), accept=None,
+                                                      timeout=self.settings.request_timeout,
+                                                      max_bytes=MAX_METADATA_BYTES)
+            except UpstreamError as exc:
+                return FileUnavailable(504 if exc.timed_out else 502, exc.message)
+            if page.status != 200:
+                return FileUnavailable(404 if page.status == 404 else 502,
+                                       f"error {page.status} getting {metadata_url}")
+            actual = hashlib.sha256(page.body).hexdigest()
+            if actual != expected:
+                return FileUnavailable(502, f"{metadata_url}: sha256 mismatch, expected {expected}, got {actual}")
+            data = page.body
+        sha256 = await self.run_disk(self.store.blobs.put_bytes, data)
         with self.store.write() as tx:
             current = tx.get(file_key(relpath))
             if current == {}:
-                raise FileUnavailable(410, "file existed, deleted in later serial")
+                return FileUnavailable(410, "file existed, deleted in later serial")
             updated = dict(current or entry)
             updated["+core_metadata"] = {"sha256": sha256}
             tx.set(file_key(relpath), updated)
             tx.add_blob(sha256)
         return sha256
+
+    async def _local_metadata(self, relpath: str, entry: Mapping[str, Any], expected: str) -> bytes | None:
+        """METADATA of the wheel if its content is stored and it matches ``expected``."""
+        sha256 = (entry.get("hashes") or {}).get("sha256")
+        if not entry.get("last_modified") or not isinstance(sha256, str) or not self.store.blobs.has(sha256):
+            return None
+        try:
+            data = await self.run_disk(wheel_core_metadata, self.store.blobs.path_for(sha256),
+                                       relpath.rsplit("/", 1)[-1])
+        except ArchiveError:
+            return None
+        return data if hashlib.sha256(data).hexdigest() == expected else None
 
 

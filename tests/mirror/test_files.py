@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urljoin
 
@@ -18,6 +19,7 @@ from twisted.web.iweb import IResponse
 from devpitx.mirror.files import FileUnavailable
 from devpitx.model.indexes import get_stage
 from devpitx.storage.keys import file_key
+from tests.helpers.dists import build_wheel_info
 from tests.helpers.testserver import BASE
 from tests.mirror.fake_upstream import FakeFile
 from tests.mirror.harness import MIRROR_URL, PIP_JSON, MirrorCase, header
@@ -361,6 +363,17 @@ class MetadataTests(MirrorCase):
             self.assertEqual((response.code, body), (200, metadata))
         self.assertEqual(self.upstream.count("/files/pkg-1.0-py3-none-any.whl.metadata"), 1)
         self.assertEqual(self.upstream.count("/files/pkg-1.0-py3-none-any.whl"), 0)
+
+    def test_metadata_from_a_stored_wheel_when_upstream_is_down(self) -> None:
+        built = build_wheel_info(Path(self.mktemp()), "pkg", "1.0", requires_dist=["dep"])
+        self.upstream.add("pkg", built.path.name, built.path.read_bytes(), metadata=built.metadata)
+        [item] = self.get_json("/root/pypi/+simple/pkg/")["files"]
+        wheel_path = urljoin("/root/pypi/+simple/pkg/", item["url"])
+        self.assertEqual(self.get(wheel_path)[0].code, 200)
+        self.upstream.status["/files/" + built.path.name + ".metadata"] = 503
+        response, body = self.get(wheel_path + ".metadata")
+        self.assertEqual((response.code, body), (200, built.metadata))
+        self.assertEqual(self.upstream.count("/files/" + built.path.name + ".metadata"), 0)
 
     def test_wrong_metadata_is_refused(self) -> None:
         fake = self.upstream.add("pkg", "pkg-1.0-py3-none-any.whl", b"wheel bytes", metadata=b"original")
