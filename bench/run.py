@@ -55,17 +55,18 @@ from bench.report import (  # noqa: E402
 from bench.seed import Plan, Seeded, build_corpus, seed  # noqa: E402
 
 # Order matters: the big upload, start-up and replication come late because they change the
-# servers' memory and restart them; memory after the workload is read before the restarts.
+# servers' memory and stop or restart them; memory after the workload is read before the restarts,
+# and everything that needs the seeded servers running comes before start-up.
 MEASURES: dict[str, Callable[[Context], None]] = {
     "simple": measure_simple_page,
     "list": measure_project_list,
     "projectjson": measure_project_json,
     "download": measure_download,
     "upload": measure_small_uploads,
+    "mirror": measure_mirror,
     "bigupload": measure_big_upload,
     "memory": measure_memory_after_workload,
     "startup": measure_startup,
-    "mirror": measure_mirror,
     "replication": measure_replication,
 }
 RESULTS_DIR = servers.BENCH_DIR / "results"
