@@ -94,11 +94,21 @@ def setup(tmp_path: Path, wheels: Path) -> Iterator[Setup]:
                          title=f"mirror of {upstream.url}")
         create_user(server.url, "alice", "alice-pw")
         create_index(server.url, "alice", login(server.url, "alice", "alice-pw"), "dev", bases=["root/pypi"])
+        assert_only_local_mirrors(server.url)
         yield Setup(server, json_upstream, html_upstream, tmp_path)
     finally:
         for upstream in (json_upstream, html_upstream):
             upstream.stop()
         server.stop()
+
+
+def assert_only_local_mirrors(url: str) -> None:
+    """No index of this server may point anywhere but at the test's own upstreams."""
+    for user in ("root", "alice"):
+        indexes = expect(request(f"{url}/{user}"), 200, f"GET /{user}").json()["result"]["indexes"]
+        for name, config in indexes.items():
+            if config.get("type") == "mirror":
+                assert config["mirror_url"].startswith("http://127.0.0.1:"), (user, name, config)
 
 
 @dataclass
