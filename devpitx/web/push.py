@@ -19,14 +19,14 @@ import tempfile
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, cast
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import treq
 from treq.client import HTTPClient
 from twisted.internet.task import Cooperator
 from twisted.logger import Logger
-from twisted.web.client import Agent, FileBodyProducer
+from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.iweb import IRequest
 
 from devpitx.model.indexes import Stage, get_stage, is_volatile, not_found_message
@@ -84,11 +84,19 @@ def write_multipart(fields: Sequence[tuple[str, str]], filename: str, content_pa
     return out, f"multipart/form-data; boundary={boundary}"
 
 
+def new_push_client(reactor: Any) -> Any:
+    """The HTTP client of one external push (in a running server the clock is the reactor).
+
+    Not the server's pooled client: uploads are few and big, and a POST sent on a pooled
+    connection the other side has just closed fails without a retry (POST is not idempotent).
+    """
+    return HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+
+
 class Pusher:
     def __init__(self, server: Server) -> None:
         self._server = server
         self._store = server.store
-        self._own_http: Any = None
 
     def _stage(self, user: str, index: str) -> Stage:
         stage = get_stage(self._store, user, index)
@@ -155,16 +163,7 @@ class Pusher:
                 raise ApiError(404, f"no such file: the content of {relpath} is missing")
 
     # -- external ------------------------------------------------------------------------------
-    def _http(self) -> Any:
-        if self._server.http is not None:
-            return self._server.http
-        if self._own_http is None:
-            # No client wired (offline mode): an explicit push still may upload. In a running
-            # server the clock is the reactor.
-            self._own_http = HTTPClient(Agent(cast(Any, self._server.clock)))
-        return self._own_http
-
-    async def _post_form(self, target: ExternalPush, fields: Sequence[tuple[str, str]],
+    async def _post_form(self, http: Any, target: ExternalPush, fields: Sequence[tuple[str, str]],
                          file: tuple[str, Path] | None) -> tuple[int, str]:
         """POST one legacy-upload form; (status, response text)."""
         clock = self._server.clock
@@ -180,7 +179,7 @@ class Pusher:
         data = FileBodyProducer(body, cooperator=cooperator)
         credentials = base64.b64encode(f"{target.username}:{target.password}".encode()).decode("ascii")
         try:
-            response = await self._http().post(
+            response = await http.post(
                 target.posturl, data=data, allow_redirects=False, timeout=EXTERNAL_TIMEOUT_SECONDS,
                 reactor=clock, headers={"Content-Type": content_type, "Authorization": f"Basic {credentials}"})
             kept: list[bytes] = []
@@ -200,10 +199,11 @@ class Pusher:
         self._require_content(release)
         blobs = self._store.blobs
         metadata = release.metadata
+        http = new_push_client(self._server.clock)
         actions: ActionLog = []
         if target.register_project:
             try:
-                code, _text = await self._post_form(target, register_fields(metadata), None)
+                code, _text = await self._post_form(http, target, register_fields(metadata), None)
             except Exception as exc:
                 actions.append([-1, "exception on register:", _describe(exc)])
                 return envelope(request, "actionlog", actions, code=502)
@@ -214,7 +214,7 @@ class Pusher:
             sha256 = release.entries[link["entrypath"]]["hashes"]["sha256"]
             basename = link["entrypath"].rsplit("/", 1)[-1]
             try:
-                code, text = await self._post_form(target, file_upload_fields(metadata, basename, sha256),
+                code, text = await self._post_form(http, target, file_upload_fields(metadata, basename, sha256),
                                                    (basename, blobs.path_for(sha256)))
             except Exception as exc:
                 actions.append([-1, "exception on release upload:", _describe(exc)])
@@ -223,7 +223,7 @@ class Pusher:
         if release.doczip is not None:
             sha256 = release.entries[release.doczip["entrypath"]]["hashes"]["sha256"]
             try:
-                code, _text = await self._post_form(target, doc_upload_fields(metadata),
+                code, _text = await self._post_form(http, target, doc_upload_fields(metadata),
                                                     (f"{push.name}.zip", blobs.path_for(sha256)))
             except Exception as exc:
                 actions.append([-1, "exception on documentation upload:", _describe(exc)])

@@ -15,6 +15,7 @@ from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent
 
 from devpitx.storage.keys import file_key, version_key
+from devpitx.web import push as push_area
 from tests.helpers.testserver import BASE, devpi_auth
 from tests.web.test_projects import ALICE, BOB, CAROL, ReleaseTestCase
 
@@ -226,7 +227,8 @@ class ExternalPushTests(ReleaseTestCase):
 
     def push(self, fake: Any, **extra: Any) -> Any:
         """PUSH and pump both in-memory connections and the clock until the answer is there."""
-        self.server.http = fake.http if isinstance(fake, FakeIndex) else fake
+        client = fake.http if isinstance(fake, FakeIndex) else fake
+        self.patch(push_area, "new_push_client", lambda reactor: client)
         body = {"name": "pkg", "version": "1.0", "posturl": self.POSTURL, "username": "bob",
                 "password": "pw", **extra}
         d = self.http.request("PUSH", f"{BASE}/alice/dev", data=json.dumps(body).encode(),  # type: ignore[attr-defined]
