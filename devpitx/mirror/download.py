@@ -211,8 +211,7 @@ class Download:
             self._fail(problem)
             return
         self.finished = True
-        for follower in list(self.followers):
-            follower.pump()
+        self._feed_followers()
         await self._commit()
 
     def _fail_head(self, failure: FileUnavailable) -> None:
@@ -252,8 +251,16 @@ class Download:
         self._hashes.update(data)
         self.written += len(data)
         self._touch()
+        self._feed_followers()
+
+    def _feed_followers(self) -> None:
         for follower in list(self.followers):
-            follower.pump()
+            try:
+                follower.pump()
+            except Exception:
+                # One client's trouble must not end the download for the others.
+                log.failure("sending {relpath} to a client failed", relpath=self.relpath)
+                follower.abort()
 
     def _verify(self) -> str | None:
         assert self.head is not None
@@ -405,6 +412,9 @@ class Follower:
 
     def pump(self) -> None:
         download = self._download
+        if getattr(self._request, "_disconnected", False):
+            self._leave()                  # the client is gone; Klein cancels the handler too
+            return
         while not self._closed and not self._paused:
             limit = self._limit()
             if self._offset >= limit:
@@ -424,7 +434,8 @@ class Follower:
         if self._closed:
             return
         self._close()
-        self._request.loseConnection()
+        if self._request.channel is not None:
+            self._request.loseConnection()
 
     def _close(self) -> None:
         self._closed = True
