@@ -247,16 +247,23 @@ class RestrictModifyTests(ReleaseTestCase):
                 tx.set(user_key(name), new_user_record(cheap_hash(password), {}, tx.at))
             tx.set(index_key("alice", "rm"), new_index_config("alice", {}, base_exists=lambda b: True))
 
-    def test_delete_permissions(self) -> None:
+    def test_delete_and_yank_permissions(self) -> None:
         # del_*: acl_upload principals (alice) plus the restrict-modify list (carol); not root
-        for who, auth, expected in (("root", self.root(), 403), ("bob", BOB, 403),
+        for who, auth, expected in (("root", self.root(), 403), ("bob", BOB, 403), ("anonymous", None, 403),
                                     ("carol", CAROL, 200), ("alice", ALICE, 200)):
-            self.upload("rm", "pkg", "1.0")
-            serial = self.server.store.serial
-            reply = self.request("DELETE", "/alice/rm/pkg/1.0", auth=auth)
-            self.assertEqual(reply.code, expected, who)
-            if expected == 403:
-                self.assertUnchanged(serial)
+            relpath = self.upload("rm", "pkg", "1.0", content=who.encode())
+            for method, path, body in (("PATCH", "/alice/rm/pkg/1.0", {"yanked": True}),
+                                       ("PATCH", f"/{relpath}", {"yanked": False}),
+                                       ("DELETE", f"/{relpath}?force", None),
+                                       ("DELETE", "/alice/rm/pkg/1.0?force", None),
+                                       ("DELETE", "/alice/rm/pkg?force", None)):
+                if method == "DELETE" and expected == 200:
+                    self.upload("rm", "pkg", "1.0", content=who.encode())
+                serial = self.server.store.serial
+                reply = self.request(method, path, body, auth=auth)
+                self.assertEqual(reply.code, expected, (who, method, path))
+                if expected == 403:
+                    self.assertUnchanged(serial)
 
 
 class DeleteVersionTests(ReleaseTestCase):
@@ -373,3 +380,22 @@ class MirrorTests(ReleaseTestCase):
     def test_yank_is_refused(self) -> None:
         reply = self.request("PATCH", "/alice/mirror/pkg/2.0", {"yanked": True}, auth=ALICE)
         self.assertEqual((reply.code, reply.message), (400, "cannot yank on mirror index alice/mirror"))
+
+
+class DocTests(ReleaseTestCase):
+    def test_doczip_is_linked_and_served(self) -> None:
+        self.upload("dev", "Pkg", "1.0")
+        self.upload("dev", "Pkg", "2.0")
+        content = b"PK\x05\x06" + bytes(18)
+        fields = [(":action", "doc_upload"), ("name", "Pkg")]     # no version: the latest one
+        self.assertEqual(self.post_form("/alice/dev/", fields, [("content", "x.zip", content)]).code, 200)
+        links = self.request("GET", "/alice/dev/pkg/2.0").json["result"]["+links"]
+        (doc,) = [link for link in links if link["rel"] == "doczip"]
+        sha = hashlib.sha256(content).hexdigest()
+        self.assertEqual(doc["href"], f"{BASE}/alice/dev/+f/{sha[:3]}/{sha[3:16]}/pkg-2.0.doc.zip")
+        served = self.request("HEAD", doc["href"][len(BASE):], accept=None)
+        self.assertEqual((served.code, served.headers["content-type"], served.headers["content-length"]),
+                         (200, "application/zip", str(len(content))))
+        # not a release: never in simple pages
+        page = self.request("GET", "/alice/dev/+simple/pkg/", accept="text/html").body
+        self.assertNotIn(b".doc.zip", page)
