@@ -65,13 +65,13 @@ class Options(usage.Options):
     def _apply_environment(self) -> None:
         """``DEVPISERVER_SOME_NAME`` sets ``--some-name`` unless the command line does (spec/cli.md §1.2)."""
         for name, *_ in self.optParameters:
-            value = os.environ.get(env_name(name))
+            value = os.environ.get(env_name(str(name)))
             if value:
-                self[name] = value
+                self[str(name)] = value
         for name, *_ in self.optFlags:
-            value = os.environ.get(env_name(name))
+            value = os.environ.get(env_name(str(name)))
             if value:
-                self[name] = parse_flag(name, value)
+                self[str(name)] = parse_flag(str(name), value)
         listen = os.environ.get(env_name("listen"))
         if listen:
             self["listen"] = [listen]
@@ -156,7 +156,9 @@ def initialise_in_child(config: Config) -> None:
 
 
 def makeService(options: Options) -> IService:
-    from twisted.internet import reactor  # the only module that names the reactor
+    from twisted.internet import reactor as _reactor  # the only module that names the reactor
+
+    reactor: Any = _reactor
 
     from devpitx.auth.passwords import Passwords
     from devpitx.auth.processpool import ProcessPoolRunner

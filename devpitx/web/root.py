@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, cast
 
@@ -42,7 +42,7 @@ class DevpitxSite(Site):
         self.identity_headers = identity_headers
         self.clock_seconds = clock_seconds
 
-    def log(self, request: Request) -> None:
+    def log(self, request: Request) -> None:  # type: ignore[override]
         started = getattr(request, "started_at", None)
         duration_ms = (self.clock_seconds() - started) * 1000 if started else 0.0
         log.info(
@@ -62,7 +62,7 @@ class DevpitxRequest(Request):
     started_at: float | None = None
 
     def _site(self) -> DevpitxSite:
-        return cast(DevpitxSite, self.channel.site)
+        return cast(DevpitxSite, self.channel.site)  # type: ignore[attr-defined]
 
     def gotLength(self, length: int | None) -> None:
         site = self._site()
@@ -93,6 +93,7 @@ class DevpitxRequest(Request):
         body = ('{"message": "%s"}' % message).encode()
         headers = b"".join(name + b": " + value + b"\r\n" for name, value in site.identity_headers().items())
         transport = self.channel.transport
+        assert transport is not None
         transport.write(
             b"HTTP/1.1 413 Request Entity Too Large\r\n" + headers
             + b"Content-Type: application/json\r\nConnection: close\r\n"
@@ -129,8 +130,8 @@ def make_app(router: Router, configured_outside_url: str | None,
         result = handler(request, **params)
         if isinstance(result, bytes):
             return finish_bytes(request, result)
-        if isinstance(result, Deferred) or hasattr(result, "__await__"):
-            d = Deferred.fromCoroutine(result) if not isinstance(result, Deferred) else result
+        if isinstance(result, Deferred) or isinstance(result, Coroutine):
+            d: Deferred[Any] = result if isinstance(result, Deferred) else Deferred.fromCoroutine(result)
             return d.addCallback(lambda body: finish_bytes(request, body) if isinstance(body, bytes) else body)
         return result
 
