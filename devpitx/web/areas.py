@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -26,10 +25,6 @@ AREA_MODULES = (
 def build_all(server: Server) -> list[Any]:
     areas = []
     for name in AREA_MODULES:
-        # TODO(foundation): while areas are being written in parallel, absent modules are skipped;
-        # remove this tolerance once every module exists.
-        if importlib.util.find_spec(name) is None:
-            continue
         module = importlib.import_module(name)
         areas.append(module.Routes(server))
     return areas
