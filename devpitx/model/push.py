@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from devpitx.model.indexes import split_index_name
+from devpitx.model.inherit import MirrorProject
 from devpitx.model.names import normalize_project_name
 from devpitx.model.releases import (
     LIST_FIELDS, METADATA_FIELDS, ReleaseError, StoredBlob, doczip_basename, register, same_named_link,
@@ -27,6 +28,7 @@ from devpitx.model.releases import (
 )
 from devpitx.model.toxresults import store_toxresult, toxresults_of
 from devpitx.model.versions import pyversion_and_filetype
+from devpitx.model.views import mirror_versiondata
 from devpitx.storage.keys import file_key, version_key
 from devpitx.storage.txn import WriteTxn
 
@@ -126,6 +128,23 @@ def release_to_push(view: Reader, user: str, index: str, request: PushRequest) -
     metadata.setdefault("name", request.name)
     metadata.setdefault("version", request.version)
     return ReleaseToPush(metadata, releasefiles, toxresults, doczip, entries)
+
+
+def mirror_release_to_push(mirrored: MirrorProject | None, request: PushRequest, stage_name: str) -> ReleaseToPush:
+    """Rows 3-5 for a mirror source: its links of the version (model.md §6.4). The file entries
+    are filled in once the files are cached (a push downloads them first)."""
+    links = [link for link in (mirrored.links if mirrored else ()) if link.version == request.version]
+    if not links:
+        raise ReleaseError(400, f"there are no files for {request.name} {request.version} on stage {stage_name}")
+    if request.no_docs and request.only_docs:
+        raise ReleaseError(400, "can't use 'no_docs' and 'only_docs' together")
+    if request.only_docs:
+        raise ReleaseError(404, f"no release/files found for {request.name} {request.version}")
+    versiondata = mirror_versiondata(request.project, request.version, links)
+    metadata = {k: v for k, v in versiondata.items() if not k.startswith("+")}
+    releasefiles = sorted(({"rel": "releasefile", "entrypath": link.entrypath} for link in links),
+                          key=lambda link: link["entrypath"].rsplit("/", 1)[-1])
+    return ReleaseToPush(metadata, releasefiles, {}, None)
 
 
 def internal_target(request: PushRequest) -> tuple[str, str]:

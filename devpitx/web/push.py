@@ -18,6 +18,7 @@ import io
 import tempfile
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -29,10 +30,12 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.iweb import IRequest
 
+from devpitx.mirror.download import FileUnavailable
+from devpitx.mirror.pages import MirrorUnavailable
 from devpitx.model.indexes import Stage, get_stage, is_volatile, not_found_message
 from devpitx.model.push import (
     ActionLog, ExternalPush, PushRequest, ReleaseToPush, doc_upload_fields, external_target, file_upload_fields,
-    internal_target, parse_push, push_internal, register_fields, release_to_push,
+    internal_target, mirror_release_to_push, parse_push, push_internal, register_fields, release_to_push,
 )
 from devpitx.model.releases import ReleaseError
 from devpitx.web.api import envelope, read_json_body, refusal, report_commit
@@ -104,11 +107,29 @@ class Pusher:
             raise NegotiatedError(404, not_found_message(user, index))
         return stage
 
-    def _release(self, user: str, index: str, push: PushRequest) -> ReleaseToPush:
+    async def _release(self, stage: Stage, push: PushRequest, *, fetch: bool) -> ReleaseToPush:
+        """The source side (rows 3-5). A mirror source first asks upstream for the project and,
+        with ``fetch``, downloads and caches the files that are not here yet (row 12)."""
         try:
-            return release_to_push(self._store, user, index, push)
+            if not stage.is_mirror:
+                return release_to_push(self._store, stage.user, stage.index, push)
+            try:
+                await self._server.mirrors.ensure_project([stage], push.project)
+            except MirrorUnavailable as exc:
+                raise NegotiatedError(exc.code, exc.message) from None
+            mirrored = self._server.mirrors.mirror_project(self._store, stage, push.project)
+            release = mirror_release_to_push(mirrored, push, stage.name)
         except ReleaseError as exc:
             raise ApiError(exc.code, exc.message) from None
+        if not fetch:
+            return release
+        entries = {}
+        for link in release.releasefiles:
+            try:
+                entries[link["entrypath"]] = await self._server.mirrors.files.ensure_stored(stage, link["entrypath"])
+            except FileUnavailable as exc:
+                raise ApiError(exc.code, exc.message) from None
+        return replace(release, entries=entries)
 
     async def push(self, request: IRequest, user: str, index: str) -> bytes:
         stage = self._stage(user, index)
@@ -117,7 +138,7 @@ class Pusher:
             push = parse_push(body, stage.name)
         except ReleaseError as exc:
             raise ApiError(exc.code, exc.message) from None
-        self._release(user, index, push)
+        await self._release(stage, push, fetch=False)
         await self._server.identity.require(request, "pkg_read", url_user=user, index_config=stage.config,
                                             denied=NegotiatedError(403, "package read forbidden"))
         if push.internal:
@@ -141,10 +162,10 @@ class Pusher:
             # 401 even for authenticated callers, as devpi-server answers (auth.md §8).
             raise ApiError(401, f"user {identity.username!r} cannot upload to {target.name!r}")
         # Re-read both sides: the identity check may have waited for a password check.
-        source = self._stage(user, index)
+        release = await self._release(self._stage(user, index), push, fetch=True)
+        source = self._stage(user, index)         # re-read: fetching mirror files waits
         target = self._stage(target_user, target_index)
-        release = self._release(user, index, push)
-        self._require_content(release)
+        release = self._require_content(release)
         try:
             with self._store.write() as tx:
                 actions = push_internal(tx, release, push, source=source.name, target_user=target_user,
@@ -157,10 +178,17 @@ class Pusher:
                  version=push.version, source=source.name, target=target.name)
         return envelope(request, "actionlog", actions)
 
-    def _require_content(self, release: ReleaseToPush) -> None:
+    def _require_content(self, release: ReleaseToPush) -> ReleaseToPush:
+        """Every file's content must be here; entries without a size (mirror downloads) get it."""
+        entries = {}
         for relpath, entry in release.entries.items():
-            if not self._store.blobs.has(entry["hashes"]["sha256"]):
+            sha256 = entry["hashes"]["sha256"]
+            if not self._store.blobs.has(sha256):
                 raise ApiError(404, f"no such file: the content of {relpath} is missing")
+            if not isinstance(entry.get("+size"), int):
+                entry = {**entry, "+size": self._store.blobs.size(sha256)}
+            entries[relpath] = entry
+        return replace(release, entries=entries)
 
     # -- external ------------------------------------------------------------------------------
     async def _post_form(self, http: Any, target: ExternalPush, fields: Sequence[tuple[str, str]],
@@ -195,8 +223,7 @@ class Pusher:
 
     async def _push_external(self, request: IRequest, user: str, index: str, push: PushRequest,
                              target: ExternalPush) -> bytes:
-        release = self._release(user, index, push)
-        self._require_content(release)
+        release = self._require_content(await self._release(self._stage(user, index), push, fetch=True))
         blobs = self._store.blobs
         metadata = release.metadata
         http = new_push_client(self._server.clock)

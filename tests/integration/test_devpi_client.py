@@ -395,6 +395,8 @@ class _FakeRemoteHandler(BaseHTTPRequestHandler):
         page = self.pages.get(self.path)
         if page is None:
             self._answer(404, b"not found", "text/plain")
+        elif self.path.startswith("/files/"):
+            self._answer(200, page, "application/octet-stream")
         else:
             self._answer(200, page, "application/vnd.pypi.simple.v1+json")
 
@@ -430,6 +432,27 @@ def fake_remote() -> Iterator[FakeRemote]:
         httpd.shutdown()
         httpd.server_close()
         thread.join(timeout=10)
+
+
+def test_push_from_a_mirror(devpi: Devpi, account: Account, project_name: str, tmp_path: Path,
+                            fake_remote: FakeRemote) -> None:
+    """The mirror downloads (and caches) what it has not got yet, then the files are copied."""
+    create_index(devpi.url, account.name, account.token, "mirror", type="mirror",
+                 mirror_url=f"{fake_remote.url}/simple/", volatile=True)
+    logged_in(devpi, account)
+    sdist = build_sdist(tmp_path, project_name, "1.0")
+    sha = sha256_file(sdist)
+    fake_remote.pages["/simple/"] = json.dumps(
+        {"meta": {"api-version": "1.0"}, "projects": [{"name": project_name}]}).encode()
+    fake_remote.pages[f"/simple/{project_name}/"] = json.dumps({"meta": {"api-version": "1.0"}, "name": project_name,
+        "files": [{"filename": sdist.name, "url": f"../../files/{sdist.name}", "hashes": {"sha256": sha}}]}).encode()
+    fake_remote.pages[f"/files/{sdist.name}"] = sdist.read_bytes()
+    out = devpi.run("push", "--index", f"{account.name}/mirror", f"{project_name}==1.0", f"{account.name}/dev")
+    relpath = f"{account.name}/dev/+f/{sha[:3]}/{sha[3:16]}/{sdist.name}"
+    assert f"200 store_releasefile {relpath}" in out
+    assert {"method": "GET", "path": f"/files/{sdist.name}"} in fake_remote.received
+    served = request(f"{devpi.url}/{relpath}", headers={"Accept": "*/*"})
+    assert served.status == 200 and served.body == sdist.read_bytes()
 
 
 def test_push_to_an_external_index(devpi: Devpi, account: Account, project_name: str, tmp_path: Path,

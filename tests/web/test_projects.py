@@ -306,30 +306,40 @@ class DeleteVersionTests(ReleaseTestCase):
         self.assertEqual(self.request("DELETE", "/alice/vol/pkg/1.0", auth=self.root()).code, 200)
 
 
-class MirrorTests(ReleaseTestCase):
-    """Mirror data comes from link records (without an HTTP client the server is offline)."""
-
-    def setUp(self) -> None:
-        super().setUp()
-        self.add_index("alice", "mirror", type="mirror", mirror_url="http://127.0.0.1:9/simple/")
-        self.request("PATCH", "/alice/vol", ["bases=alice/mirror"], auth=ALICE)
-        self.files: dict[str, str] = {}
-        with self.server.store.write() as tx:
-            links = []
-            for basename in ("pkg-1.0.tar.gz", "pkg-2.0.tar.gz", "pkg-2.0-py3-none-any.whl"):
-                content = basename.encode()
-                sha = self.server.store.blobs.put_bytes(content)
-                relpath = f"alice/mirror/+f/{sha[:3]}/{sha[3:16]}/{basename}"
-                links.append([basename, f"{relpath}#sha256={sha}"])
-                self.files[basename] = relpath
+def add_mirror(case: ReleaseTestCase, cached: tuple[str, ...] = ("pkg-1.0.tar.gz", "pkg-2.0.tar.gz",
+                                                                  "pkg-2.0-py3-none-any.whl")) -> dict[str, str]:
+    """Mirror ``alice/mirror`` with a link record of ``pkg`` (1.0 sdist, 2.0 sdist and wheel) whose
+    ``cached`` files are downloaded already; returns basename -> relpath."""
+    case.add_index("alice", "mirror", type="mirror", mirror_url="http://127.0.0.1:9/simple/")
+    files: dict[str, str] = {}
+    with case.server.store.write() as tx:
+        links = []
+        for basename in ("pkg-1.0.tar.gz", "pkg-2.0.tar.gz", "pkg-2.0-py3-none-any.whl"):
+            content = basename.encode()
+            sha = hashlib.sha256(content).hexdigest()
+            relpath = f"alice/mirror/+f/{sha[:3]}/{sha[3:16]}/{basename}"
+            links.append([basename, f"{relpath}#sha256={sha}"])
+            files[basename] = relpath
+            if basename in cached:
+                case.server.store.blobs.put_bytes(content)
                 tx.set(file_key(relpath), {"hash_spec": f"sha256={sha}", "hashes": {"sha256": sha},
                                            "last_modified": "Tue, 14 Nov 2023 22:13:20 GMT", "project": "pkg",
                                            "version": basename.split("-")[1].removesuffix(".tar.gz"),
                                            "url": f"http://127.0.0.1:9/files/{basename}"})
                 tx.add_blob(sha)
-            tx.set(mirrorlinks_key("alice", "mirror", "pkg"), {
-                "links": links, "requires_python": [None] * 3, "yanked": [None, None, "bad"],
-                "serial": 7, "etag": None})
+        tx.set(mirrorlinks_key("alice", "mirror", "pkg"), {
+            "links": links, "requires_python": [None, None, ">=3.8"], "yanked": [None, None, "bad"],
+            "serial": 7, "etag": None, "+urls": [f"http://127.0.0.1:9/files/{b}" for b, _path in links]})
+    return files
+
+
+class MirrorTests(ReleaseTestCase):
+    """Mirror data comes from link records (without an HTTP client the server is offline)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.files = add_mirror(self)
+        self.request("PATCH", "/alice/vol", ["bases=alice/mirror"], auth=ALICE)
 
     def test_mirror_versions_in_the_project_view(self) -> None:
         self.upload("vol", "other", "1.0")

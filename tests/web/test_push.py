@@ -17,7 +17,7 @@ from treq.testing import RequestTraversalAgent
 from devpitx.storage.keys import file_key, version_key
 from devpitx.web import push as push_area
 from tests.helpers.testserver import BASE, devpi_auth
-from tests.web.test_projects import ALICE, BOB, CAROL, ReleaseTestCase
+from tests.web.test_projects import ALICE, BOB, CAROL, ReleaseTestCase, add_mirror
 
 STAMP = "20231114221320"    # the test clock's start, 1_700_000_000
 
@@ -164,6 +164,40 @@ class InternalPushTests(ReleaseTestCase):
         self.upload("dev", "pkg", "1.0")
         reply = self.push({"name": "pkg", "version": "1.0", "targetindex": "root/pypi"}, auth=self.root())
         self.assertEqual(reply.code, 401)
+
+
+class MirrorSourceTests(ReleaseTestCase):
+    def test_push_from_a_mirror(self) -> None:
+        files = add_mirror(self)
+        self.add_index("alice", "prod", volatile=False)
+        reply = self.request("PUSH", "/alice/mirror", {"name": "pkg", "version": "2.0", "targetindex": "alice/prod"},
+                             auth=ALICE)
+        self.assertEqual(reply.code, 200, reply.body)
+        wheel, sdist = (files[b].replace("alice/mirror/", "alice/prod/") for b in ("pkg-2.0-py3-none-any.whl",
+                                                                                   "pkg-2.0.tar.gz"))
+        self.assertEqual(reply.json["result"], [[200, "register", "pkg", "2.0", "->", "alice/prod"],
+                                                [200, "store_releasefile", wheel],
+                                                [200, "store_releasefile", sdist]])
+        versiondata = self.stored(version_key("alice", "prod", "pkg", "2.0"))
+        self.assertEqual(versiondata["requires_python"], ">=3.8")
+        self.assertEqual([e["what"] for e in versiondata["+elinks"][0]["_log"]], ["push"])
+        self.assertEqual(self.stored(file_key(sdist))["+size"], len(b"pkg-2.0.tar.gz"))
+        self.assertEqual(self.file_code(sdist), 200)
+
+    def test_files_not_cached_offline_and_unknown_versions(self) -> None:
+        # Without an HTTP client mirrors are offline: only cached files exist (mirror.md §7).
+        add_mirror(self, cached=("pkg-1.0.tar.gz",))
+        self.add_index("alice", "prod", volatile=False)
+        serial = self.server.store.serial
+        for version in ("2.0", "3.0"):
+            message = f"there are no files for pkg {version} on stage alice/mirror"
+            reply = self.request("PUSH", "/alice/mirror",
+                                 {"name": "pkg", "version": version, "targetindex": "alice/prod"}, auth=ALICE)
+            self.assertEqual((reply.code, reply.message), (400, message), version)
+        reply = self.request("PUSH", "/alice/mirror", {"name": "pkg", "version": "1.0", "targetindex": "alice/prod",
+                                                       "only_docs": True}, auth=ALICE)
+        self.assertEqual((reply.code, reply.message), (404, "no release/files found for pkg 1.0"))
+        self.assertUnchanged(serial)
 
 
 # -- external push ------------------------------------------------------------------------------
