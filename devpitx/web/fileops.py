@@ -20,6 +20,7 @@ from devpitx.model.projects import public_entry
 from devpitx.model.releases import ReleaseError, StoredBlob
 from devpitx.model.toxresults import check_report, require_release_link, store_toxresult
 from devpitx.storage.blobs import BlobStore
+from devpitx.storage.keys import file_key
 from devpitx.web.api import BAD_JSON, envelope, has_query_flag, message_response, read_json_body, report_commit
 from devpitx.web.errors import ApiError, NegotiatedError
 
@@ -107,7 +108,7 @@ class Routes:
         except ReleaseError as exc:
             raise (NegotiatedError if exc.code in (404, 410) else ApiError)(exc.code, exc.message) from None
         report_commit(request, tx)
-        entry = public_entry(self._store.get(f"file/{relpath}") or {})
+        entry = public_entry(self._store.get(file_key(relpath)) or {})
         if yanked is not False:
             entry["yanked"] = yanked
         what = "unyanked" if yanked is False else "yanked"

@@ -19,6 +19,7 @@ from twisted.web.iweb import IRequest
 
 from devpitx.mirror.pages import MirrorUnavailable
 from devpitx.model.indexes import Stage, get_stage, is_volatile, not_found_message, sro
+from devpitx.model.inherit import walk_project
 from devpitx.model.links import delete_mirror_project, delete_mirror_version, parse_yank_body, yank_version
 from devpitx.model.names import normalize_project_name
 from devpitx.model.projects import get_versiondata, has_project
@@ -103,7 +104,9 @@ class Routes:
         full_order = sro(self._store, user, index)
         order = [stage] if ignore_bases else full_order
         result, exists = project_view(self._store, order, name, self._url_for(request), self._server.mirrors)
-        if not result and not exists and not _exists_in(self._store, full_order, name):
+        if not result and not exists and not (
+                ignore_bases and walk_project(self._store, full_order, name, self._server.mirrors).exists):
+            # Known only in a base (with ignore_bases) is an empty answer, not a 404.
             raise NegotiatedError(404, f"no project '{name}'")
         return envelope(request, "projectconfig", result)
 
@@ -176,8 +179,3 @@ class Routes:
         what = "unyanked" if yanked is False else "yanked"
         return envelope(request, "versiondata", result, message=f"project '{project}' version '{version}' {what}")
 
-
-def _exists_in(view: Any, order: list[Stage], project: str) -> bool:
-    """has_project over the resolution order (model.md §6.5): private indexes only, mirrors
-    answer through the walk in ``project_view``."""
-    return any(not stage.is_mirror and has_project(view, stage.user, stage.index, project) for stage in order)
