@@ -14,7 +14,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from bench.client import Session, basic_auth
 from bench.measure import PIP_HTML, PIP_JSON, Context
 from bench.report import DEVPITX
 from bench.seed import DEV, MANY, PASSWORD, SIMPLE_PROJECT, USER, create_index, upload
-from bench.servers import BENCH_DIR, STOP_TIMEOUT_SECONDS, Server, descendants
+from bench.servers import BENCH_DIR, STOP_TIMEOUT_SECONDS, Server, descendants, venv_python
 from bench.wrk import WrkError, run_wrk
 
 TOOLS_VENV = BENCH_DIR / ".venv-tools"
@@ -36,7 +35,7 @@ _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
 def ensure_py_spy() -> Path:
     if not PY_SPY.exists():
         if not (TOOLS_VENV / "bin" / "python").exists():
-            subprocess.run([sys.executable, "-m", "venv", str(TOOLS_VENV)], check=True, timeout=300)
+            subprocess.run([venv_python(), "-m", "venv", str(TOOLS_VENV)], check=True, timeout=300)
         print("installing py-spy with pip", flush=True)
         subprocess.run([str(TOOLS_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet",
                         "--disable-pip-version-check", "py-spy"], check=True, timeout=900)

@@ -87,7 +87,8 @@ FULL = Preset(rounds=2, wrk_seconds=10.0, concurrencies=(1, 10, 16, 64))
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
-                   help="1,000 instead of 10,000 projects, 2 s instead of 10 s per wrk run (under 10 minutes)")
+                   help="1,000 instead of 10,000 projects, 100 instead of 200 small uploads, 2 s instead of 10 s "
+                        "per wrk run, concurrencies 1/10/64 (under 10 minutes)")
     p.add_argument("--rounds", type=int, help="interleaved rounds per measure point (default 2)")
     p.add_argument("--duration", type=float, help="seconds per wrk run")
     p.add_argument("--scale", type=float, default=1.0,

@@ -253,6 +253,11 @@ def as_primary(server: Server) -> Server:
 # -- tools -------------------------------------------------------------------------------
 
 
+def venv_python() -> str:
+    """The interpreter to create tool venvs with: the project's (known to have venv and pip)."""
+    return str(DEVPITX_PYTHON) if DEVPITX_PYTHON.exists() else sys.executable
+
+
 def devpi_server_version() -> str | None:
     exe = DEVPI_VENV / "bin" / "devpi-server"
     if not exe.exists():
@@ -266,7 +271,7 @@ def ensure_devpi_server(upgrade: bool = True) -> str:
     """Create bench/.venv-devpi-server and install the newest devpi-server into it (by name, via pip)."""
     if not (DEVPI_VENV / "bin" / "python").exists():
         print(f"creating {DEVPI_VENV.relative_to(REPO)}", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(DEVPI_VENV)], check=True, timeout=300)
+        subprocess.run([venv_python(), "-m", "venv", str(DEVPI_VENV)], check=True, timeout=300)
     if upgrade or devpi_server_version() is None:
         print("installing the newest devpi-server with pip", flush=True)
         subprocess.run([str(DEVPI_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet",
