@@ -18,10 +18,22 @@ from typing import Any, Protocol
 
 from twisted.logger import Logger
 
-from devpitx.model.ixconfig import NOOP_MESSAGE, ConfigError, modify_index_config, new_index_config
+from devpitx.model.errors import Refused
+from devpitx.model.ixconfig import (
+    NOOP_MESSAGE,
+    ConfigError,
+    modify_index_config,
+    new_index_config,
+)
 from devpitx.model.names import InvalidName, validate_index_name
 from devpitx.model.releases import delete_index_contents
-from devpitx.model.users import UserError, check_name_length, create_user, delete_user_record, get_user
+from devpitx.model.users import (
+    UserError,
+    check_name_length,
+    create_user,
+    delete_user_record,
+    get_user,
+)
 from devpitx.storage.keys import index_key
 from devpitx.storage.txn import WriteTxn
 
@@ -33,13 +45,8 @@ class Reader(Protocol):
     def children(self, prefix: str) -> Iterable[str]: ...
 
 
-class StageError(Exception):
-    """An index operation was refused: ``code`` and ``message`` are the HTTP answer."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class StageError(Refused):
+    """An index operation was refused."""
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from devpitx.model.names import normalize_project_name, project_name_problem, version_problem
+from devpitx.model.errors import Refused
+from devpitx.model.names import (
+    normalize_project_name,
+    project_name_problem,
+    version_problem,
+)
 from devpitx.model.projects import http_date, release_relpath
 from devpitx.model.versions import latest_version
 from devpitx.storage.keys import file_key, project_key, version_key
@@ -32,11 +37,8 @@ LIST_FIELDS = frozenset((
 ))
 
 
-class ReleaseError(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class ReleaseError(Refused):
+    """A release operation was refused."""
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import argon2
 from argon2.exceptions import InvalidHashError
 
+from devpitx.model.errors import Refused
 from devpitx.model.names import InvalidName, validate_user_name
 from devpitx.storage.keys import index_key, user_key
 from devpitx.storage.txn import WriteTxn
@@ -38,13 +39,8 @@ EPOCH_TIMESTAMP = "1970-01-01T00:00:00Z"
 MAX_NAME_BYTES = 200
 
 
-class UserError(Exception):
-    """A user operation was refused: ``code`` and ``message`` are the HTTP answer."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+class UserError(Refused):
+    """A user operation was refused."""
 
 
 @dataclass(frozen=True)
