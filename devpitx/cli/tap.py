@@ -176,7 +176,7 @@ def makeService(options: Options) -> IService:
         if not nodeinfo.is_initialised(config.serverdir):
             initialise_in_child(config)
         node = nodeinfo.load(config.serverdir)
-        store = Store.open(config.serverdir, reactor)
+        store = Store.open(config.serverdir, reactor, background_flush=True)
     except (nodeinfo.ServerDirError, StoreLocked) as exc:
         raise SystemExit(f"fatal: {exc}") from None
     try:

@@ -50,9 +50,13 @@ def _write_tmp(tmp: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True) -> None:
-    """Replace ``path`` with ``data`` atomically (old or new content, never a mix)."""
-    tmp = tmp_name_for(path)
+def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True, tmp_dir: Path | None = None) -> None:
+    """Replace ``path`` with ``data`` atomically (old or new content, never a mix).
+
+    ``tmp_dir`` (same filesystem) collects the temporary files of a whole tree
+    in one place, so leftovers of a crash are found without walking the tree.
+    """
+    tmp = tmp_dir / tmp_name_for(path).name if tmp_dir is not None else tmp_name_for(path)
     try:
         tmp.unlink(missing_ok=True)
         _write_tmp(tmp, data)

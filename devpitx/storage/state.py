@@ -17,13 +17,15 @@ from devpitx.storage.atomic import atomic_write, fsync_dir, is_tmp_name, make_di
 from devpitx.storage.keys import state_relpath
 
 SERIAL_FILE = ".serial"
+TMP_DIR = ".tmp"
 _EMPTY: frozenset[str] = frozenset()
 
 
 class StateTree:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.serial = -1
+        self.serial = -1          # in memory: the last applied serial
+        self.disk_serial = -1     # state/.serial: every key file is written up to here
         self._values: dict[str, Any] = {}
         # prefix -> names of the next segment below it, for every prefix that has keys below it
         self._children: dict[str, set[str]] = {}
@@ -77,25 +79,45 @@ class StateTree:
             else:
                 make_dirs(path.parent)
                 data = json.dumps({"key": key, "value": value}, separators=(",", ":"), ensure_ascii=False)
-                atomic_write(path, data.encode(), sync_dir=False)
+                atomic_write(path, data.encode(), sync_dir=False, tmp_dir=self.tmp_dir)
             dirs.add(path.parent)
         for directory in dirs:
             fsync_dir(directory)
 
+    @property
+    def tmp_dir(self) -> Path:
+        return self.root / TMP_DIR
+
+    def remove_stray_tmp_files(self) -> None:
+        """Leftovers of interrupted writes: all in state/.tmp/ (and .serial's next to it)."""
+        make_dirs(self.tmp_dir)
+        for entry in os.scandir(self.tmp_dir):
+            os.unlink(entry.path)
+        for entry in os.scandir(self.root):
+            if entry.is_file() and is_tmp_name(entry.name):
+                os.unlink(entry.path)
+
     def write_serial(self, serial: int) -> None:
+        """Record on disk that the key files reflect every serial up to ``serial``."""
         make_dirs(self.root)
         atomic_write(self.root / SERIAL_FILE, str(serial).encode())
-        self.serial = serial
+        self.disk_serial = serial
+
+    def snapshot_items(self) -> list[tuple[str, Any]]:
+        """A copy of all (key, value) pairs, taken on the reactor thread.
+
+        Values are never modified in place (transactions replace them), so the
+        copy can be serialised in another thread while commits go on.
+        """
+        return list(self._values.items())
 
     # -- loading --------------------------------------------------------------------------
     @classmethod
     def load(cls, root: Path) -> StateTree:
         tree = cls(root)
         make_dirs(root)
-        try:
-            tree.serial = int((root / SERIAL_FILE).read_text())
-        except FileNotFoundError:
-            tree.serial = -1
+        tree.disk_serial = tree.serial = read_serial_file(root)
+        tree.remove_stray_tmp_files()
         for dirpath, _dirs, files in os.walk(root):
             for name in files:
                 path = Path(dirpath) / name
@@ -106,6 +128,18 @@ class StateTree:
                     continue
                 record = json.loads(path.read_bytes())
                 tree.apply_in_memory({record["key"]: record["value"]})
+        return tree
+
+    @classmethod
+    def from_items(cls, root: Path, serial: int, items: list[list[Any]]) -> StateTree:
+        """A tree from a snapshot (state at ``serial``); ``disk_serial`` still comes from state/."""
+        tree = cls(root)
+        make_dirs(root)
+        tree.disk_serial = read_serial_file(root)
+        tree.remove_stray_tmp_files()
+        tree.serial = serial
+        for key, value in items:
+            tree.apply_in_memory({key: value})
         return tree
 
     # -- the children index ---------------------------------------------------------------
@@ -136,3 +170,10 @@ class StateTree:
 
 
 _MISSING = object()
+
+
+def read_serial_file(root: Path) -> int:
+    try:
+        return int((root / SERIAL_FILE).read_text())
+    except FileNotFoundError:
+        return -1

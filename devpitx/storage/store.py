@@ -4,14 +4,21 @@ Commit order (DESIGN.md §2), the contract every crash test checks:
   1. blobs named by the entry are already durable (BlobStore.adopt, before the txn);
   2. the journal entry is written to a temporary file, fsynced, linked to its
      final name and the directory fsynced: from here on the serial exists;
-  3. state files are replaced atomically, ``+files/`` links updated, ``state/.serial`` written;
-  4. in-memory state is updated and waiters fire.
+  3. in-memory state is updated and waiters fire;
+  4. state files are replaced atomically, ``+files/`` links updated, ``state/.serial``
+     written — by the StateFlusher, inline or (in the server) in its own thread.
 A crash before 2 leaves the previous serial; a crash after 2 is completed by
 replay on the next open.
+
+Opening reads ``cache/state-snapshot.json`` (all keys at some serial, written
+at close and every SNAPSHOT_EVERY commits) instead of walking thousands of
+key files, then replays the journal after it. The snapshot is derived data:
+without it the key files are read.
 """
 from __future__ import annotations
 
 import fcntl
+import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,8 +27,9 @@ from typing import Any, TextIO
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from devpitx.storage.atomic import make_dirs
+from devpitx.storage.atomic import atomic_write, make_dirs
 from devpitx.storage.blobs import BlobStore
+from devpitx.storage.flusher import StateFlusher
 from devpitx.storage.journal import Entry, Journal, JournalCorrupt
 from devpitx.storage.keys import relpath_of_file_key
 from devpitx.storage.serials import SerialWaiter
@@ -33,6 +41,9 @@ Checkpoint = Callable[[str], None]
 
 # Names of the points between commit steps where tests inject failures.
 COMMIT_STEPS = ("before-journal", "after-journal", "after-state", "after-files")
+SNAPSHOT_FILE = "state-snapshot.json"
+SNAPSHOT_FORMAT = 1
+SNAPSHOT_EVERY = 2000
 
 
 class StoreLocked(Exception):
@@ -50,7 +61,8 @@ def _no_checkpoint(step: str) -> None:
 class Store:
     log = Logger()
 
-    def __init__(self, serverdir: Path, clock: IReactorTime, *, checkpoint: Checkpoint = _no_checkpoint) -> None:
+    def __init__(self, serverdir: Path, clock: IReactorTime, *, checkpoint: Checkpoint = _no_checkpoint,
+                 background_flush: bool = False) -> None:
         self.serverdir = serverdir
         self._clock = clock
         self._checkpoint = checkpoint
@@ -59,6 +71,9 @@ class Store:
         self._in_txn = False
         self._broken: str | None = None
         self.last_commit_at: float | None = None
+        self._background_flush = background_flush
+        self._flusher: StateFlusher | None = None
+        self._snapshot_serial = -1
         self.journal: Journal
         self.state: StateTree
         self.blobs: BlobStore
@@ -66,9 +81,14 @@ class Store:
 
     # -- opening --------------------------------------------------------------------------
     @classmethod
-    def open(cls, serverdir: Path, clock: IReactorTime, *, checkpoint: Checkpoint = _no_checkpoint) -> Store:
-        """Lock the directory, drop leftovers of interrupted work and replay the journal."""
-        store = cls(serverdir, clock, checkpoint=checkpoint)
+    def open(cls, serverdir: Path, clock: IReactorTime, *, checkpoint: Checkpoint = _no_checkpoint,
+             background_flush: bool = False) -> Store:
+        """Lock the directory, drop leftovers of interrupted work and replay the journal.
+
+        ``background_flush``: write state files in a thread after each commit
+        (the server) instead of before the commit returns (tests, admin commands).
+        """
+        store = cls(serverdir, clock, checkpoint=checkpoint, background_flush=background_flush)
         make_dirs(serverdir)
         store._lock()
         try:
@@ -76,11 +96,11 @@ class Store:
             store.journal.remove_stray_tmp_files()
             store.blobs = BlobStore(serverdir / "blobs", serverdir / "+files", serverdir / "tmp")
             store.blobs.clear_tmp()
-            store.state = StateTree.load(serverdir / "state")
             store._recover()
         except BaseException:
             store.close()
             raise
+        store._flusher = StateFlusher(store._write_batch, threaded=background_flush)
         store.waiter = SerialWaiter(clock, store.serial)
         return store
 
@@ -94,23 +114,77 @@ class Store:
         self._lock_file = lock_file
 
     def close(self) -> None:
+        """Finish writing state files, leave a snapshot for a fast next start, release the lock."""
+        if self._flusher is not None:
+            self._flusher.stop()
+            self._flusher = None
+            if not self._broken and self.serial > self._snapshot_serial:
+                with self.log.failuresHandled("writing the state snapshot"):
+                    self._write_snapshot(self.serial, self.state.snapshot_items())
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None
 
+    def flush(self) -> None:
+        """Block until state files reflect every commit so far (tests, fsck-before-exit)."""
+        if self._flusher is not None:
+            self._flusher.drain()
+
     def _recover(self) -> None:
-        if self.state.serial > self.journal.last_serial:
-            raise JournalCorrupt(
-                f"state is at serial {self.state.serial} but the journal ends at {self.journal.last_serial}"
-            )
+        state_root = self.serverdir / "state"
+        snapshot = self._read_snapshot()
+        if snapshot is not None:
+            snapshot_serial, items = snapshot
+            self.state = StateTree.from_items(state_root, snapshot_serial, items)
+            self._snapshot_serial = snapshot_serial
+        else:
+            self.state = StateTree.load(state_root)
+        disk_serial = self.state.disk_serial
+        if disk_serial > self.journal.last_serial:
+            raise JournalCorrupt(f"state is at serial {disk_serial} but the journal ends at {self.journal.last_serial}")
+        # Entries after the in-memory serial are applied to memory; entries after
+        # state/.serial are (re)written to the key files, merged into one batch.
+        unwritten: dict[str, Any] = {}
         replayed = 0
-        for entry in self.journal.entries(self.state.serial + 1):
-            self._apply(entry)
-            replayed += 1
+        for entry in self.journal.entries(min(self.state.serial, disk_serial) + 1):
+            if entry.serial > self.state.serial:
+                self.state.apply_in_memory(entry.changes)
+                self.state.serial = entry.serial
+                replayed += 1
+            if entry.serial > disk_serial:
+                unwritten.update(entry.changes)
+        if unwritten:
+            self._write_batch(unwritten, self.journal.last_serial)
         if replayed:
             self.log.info("replayed {count} journal entries up to serial {serial}", count=replayed, serial=self.serial)
         if self.journal.last_serial >= 0:
             self.last_commit_at = self.journal.read(self.journal.last_serial).at
+
+    def _read_snapshot(self) -> tuple[int, list[list[Any]]] | None:
+        path = self.serverdir / "cache" / SNAPSHOT_FILE
+        try:
+            raw = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            self.log.warn("ignoring unreadable state snapshot {path}", path=str(path))
+            return None
+        if not isinstance(raw, dict) or raw.get("format") != SNAPSHOT_FORMAT:
+            return None
+        serial = raw.get("serial")
+        if not isinstance(serial, int) or serial > self.journal.last_serial:
+            self.log.warn("ignoring state snapshot at serial {serial}: the journal ends at {last}",
+                          serial=serial, last=self.journal.last_serial)
+            return None
+        return serial, raw["items"]
+
+    def _write_snapshot(self, serial: int, items: list[tuple[str, Any]]) -> None:
+        data = json.dumps({"format": SNAPSHOT_FORMAT, "serial": serial, "items": items},
+                          separators=(",", ":"), ensure_ascii=False).encode()
+        cache = self.serverdir / "cache"
+        make_dirs(cache)
+        atomic_write(cache / SNAPSHOT_FILE, data)
+        self._snapshot_serial = serial
 
     # -- reads ----------------------------------------------------------------------------
     @property
@@ -167,26 +241,33 @@ class Store:
             raise
         try:
             self._checkpoint("after-journal")
-            self._apply(entry)
+            self.state.apply_in_memory(entry.changes)
+            self.state.serial = entry.serial
+            assert self._flusher is not None
+            self._flusher.submit(entry.changes, entry.serial)
         except BaseException as exc:
             self._broken = f"commit of serial {entry.serial} failed after the journal entry: {exc!r}"
             raise StoreBroken(self._broken) from exc
+        if entry.serial - self._snapshot_serial >= SNAPSHOT_EVERY:
+            serial, items = entry.serial, self.state.snapshot_items()
+            self._snapshot_serial = serial
+            self._flusher.submit_job(lambda: self._write_snapshot(serial, items))
         tx.serial = entry.serial
         self.last_commit_at = entry.at
         self.waiter.committed(entry.serial)
         for listener in self._listeners:
             listener(entry.serial, changes)
 
-    def _apply(self, entry: Entry) -> None:
-        """Make state/, +files/ and memory reflect ``entry`` (idempotent, used by replay)."""
-        self.state.apply_in_memory(entry.changes)
-        self.state.persist(entry.changes)
+    def _write_batch(self, changes: Mapping[str, Any], serial: int) -> None:
+        """Make state/ and +files/ reflect ``changes``, the merged changes of all entries up to
+        ``serial`` not yet written (idempotent; runs in the flusher's thread in the server)."""
+        self.state.persist(changes)
         self._checkpoint("after-state")
-        for key, value in entry.changes.items():
+        for key, value in changes.items():
             if key.startswith("file/"):
                 self._sync_file_link(relpath_of_file_key(key), value)
         self._checkpoint("after-files")
-        self.state.write_serial(entry.serial)
+        self.state.write_serial(serial)
 
     def _check_applicable(self, changes: Mapping[str, Any]) -> None:
         """Refuse (ValueError) a change ``_apply`` could not carry out, before it is published.

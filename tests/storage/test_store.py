@@ -285,7 +285,8 @@ def test_open_removes_leftovers_of_interrupted_work(tmp_path: Path) -> None:
     store = Store.open(tmp_path, Clock())
     commit(store, user__a={"n": 1})
     store.close()
-    state_tmp = tmp_name_for(tmp_path / "state" / "user" / "a.json")
+    # Key files are written through state/.tmp/, so that is where a crash leaves them.
+    state_tmp = tmp_path / "state" / ".tmp" / tmp_name_for(tmp_path / "state" / "user" / "a.json").name
     state_tmp.write_text('{"key": "user/a", "value": {"n": 99')
     serial_tmp = tmp_name_for(tmp_path / "state" / ".serial")
     serial_tmp.write_text("7")
