@@ -60,17 +60,30 @@ class Server:
             return self.node.primary_uuid or ""
         return self.node.uuid
 
+    # (serial, uuid, primary uuid) -> headers: every response asks, and they change only with these.
+    _identity_cache: tuple[tuple[int, str, str], dict[bytes, bytes]] | None = None
+
     def identity_headers(self) -> dict[bytes, bytes]:
-        """The headers devpi-server puts on every response (http-api.md §1.2)."""
-        primary = self.primary_uuid.encode()
-        return {
+        """The headers devpi-server puts on every response (http-api.md §1.2).
+
+        The same dict is returned until the serial or a uuid changes: callers must not modify it.
+        """
+        key = (self.store.serial, self.node.uuid, self.primary_uuid)
+        cached = self._identity_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        serial, uuid, primary_uuid = key
+        primary = primary_uuid.encode()
+        headers = {
             b"X-Devpi-Api-Version": HTTP_API_VERSION.encode(),
             b"X-Devpi-Server-Version": DEVPI_SERVER_COMPAT_VERSION.encode(),
-            b"X-Devpi-Uuid": self.node.uuid.encode(),
+            b"X-Devpi-Uuid": uuid.encode(),
             b"X-Devpi-Primary-Uuid": primary,
             b"X-Devpi-Master-Uuid": primary,
-            b"X-Devpi-Serial": str(self.store.serial).encode(),
+            b"X-Devpi-Serial": str(serial).encode(),
         }
+        self._identity_cache = (key, headers)
+        return headers
 
     def resource(self) -> IResource:
         return make_app(self.router, self.config.outside_url, self.identity_headers).resource()

@@ -93,14 +93,23 @@ def simple_format(request: IRequest) -> str:
     accept = accept_header(request)
     if accept is None:
         return "html"
-    if quality(accept, SIMPLE_JSON) > quality(accept, "text/html"):
-        return "json"
-    return "html"
+    return _simple_format_for(accept)
+
+
+# Asked several times per simple-page request; installers send the same few values over and over.
+@lru_cache(maxsize=256)
+def _simple_format_for(accept: str) -> str:
+    return "json" if quality(accept, SIMPLE_JSON) > quality(accept, "text/html") else "html"
 
 
 def is_installer(request: IRequest) -> bool:
     agent = header(request, b"user-agent")
-    return agent is not None and _INSTALLER_UA.match(agent) is not None
+    return agent is not None and _installer_agent(agent)
+
+
+@lru_cache(maxsize=256)
+def _installer_agent(agent: str) -> bool:
+    return _INSTALLER_UA.match(agent) is not None
 
 
 @dataclass(frozen=True)
@@ -119,9 +128,14 @@ def outside_url(request: IRequest, configured: str | None) -> OutsideUrl:
         scheme = "https" if request.isSecure() else "http"
         host = header(request, b"host") or _host_of(request)
         base = f"{scheme}://{host}"
+    return _parsed_outside_url(base)
+
+
+@lru_cache(maxsize=256)
+def _parsed_outside_url(base: str) -> OutsideUrl:
+    # Every request asks (at least twice); clients send the same few bases over and over.
     base = base.rstrip("/")
-    prefix = urlsplit(base).path.rstrip("/")
-    return OutsideUrl(base=base, prefix=prefix)
+    return OutsideUrl(base=base, prefix=urlsplit(base).path.rstrip("/"))
 
 
 def _host_of(request: IRequest) -> str:

@@ -1,9 +1,10 @@
 """The route table of http-api.md §2, in spec order, with its predicates.
 
-Klein hands every request to ``Router.dispatch``; URL shapes are matched once
-here in plain code because the table needs things a URL map cannot express:
-first-match-wins, routes that only match for installer User-Agents or a JSON
-Accept header, and "matched but no handler -> 404, never 405".
+The app resource (web/root.py) hands every request to ``Router.resolve``;
+URL shapes are matched once here in plain code because the table needs
+things a URL map cannot express: first-match-wins, routes that only match
+for installer User-Agents or a JSON Accept header, and "matched but no
+handler -> 404, never 405".
 Handlers are registered by dotted endpoint name by the area classes.
 """
 from __future__ import annotations
