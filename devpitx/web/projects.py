@@ -10,9 +10,18 @@ unyanks all its release files (PEP 592; docs/yanking.md).
 
 A non-normalized project segment in a GET is redirected to the normalized
 name (§2.2); other methods use the normalized name silently.
+
+Both GET views are cached as rendered bytes in the store's page cache
+(web/simplepages.py), keyed by index, project (and version), base URL and
+``ignore_bases``, and stamped with the project's generation: a view depends
+on exactly what the project's simple page depends on (versiondata, project
+records and mirror links of that project in any index, file entries for
+offline mirrors, index configurations). They carry an ETag; a matching
+``If-None-Match`` gets 304.
 """
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 from twisted.web.iweb import IRequest
@@ -29,8 +38,9 @@ from devpitx.web.api import (
     READ_METHODS, envelope, has_query_flag, message_response, read_json_body, refusal, report_commit,
     require_json_view, require_method,
 )
-from devpitx.web.errors import ApiError, NegotiatedError
-from devpitx.web.negotiate import json_preferred, outside_url
+from devpitx.web.errors import JSON_TYPE, ApiError, NegotiatedError
+from devpitx.web.negotiate import OutsideUrl, json_preferred, outside_url
+from devpitx.web.simplepages import RenderedPage, SimplePageCache, etag_matches, page_cache
 
 if TYPE_CHECKING:
     from devpitx.server import Server
@@ -40,6 +50,7 @@ class Routes:
     def __init__(self, server: Server) -> None:
         self._server = server
         self._store = server.store
+        self.pages: SimplePageCache = page_cache(server.store)
 
     def install(self, router: Any) -> None:
         router.add("projects.project", self.project)
@@ -68,8 +79,21 @@ class Routes:
         return stage
 
     def _url_for(self, request: IRequest) -> UrlFor:
-        outside = outside_url(request, self._server.config.outside_url)
-        return lambda relpath: outside.url("/" + relpath)
+        return _url_for(outside_url(request, self._server.config.outside_url))
+
+    def _order(self, stage: Stage) -> list[Stage]:
+        """The resolution order, computed once per configuration change (shared with the simple pages)."""
+        return self.pages.resolution_order(stage.user, stage.index,
+                                           lambda: sro(self._store, stage.user, stage.index))
+
+    @staticmethod
+    def _respond(request: IRequest, page: RenderedPage) -> bytes:
+        request.setHeader(b"etag", page.etag)
+        if etag_matches(request, page.etag):
+            request.setResponseCode(304)
+            return b""
+        request.setHeader(b"content-type", page.content_type)
+        return page.body
 
     def _redirect_to_normalized(self, request: IRequest, path: str) -> bytes:
         """302 to the same route with the normalized name; the query string is dropped (§2.2)."""
@@ -82,6 +106,8 @@ class Routes:
     async def _ensure_mirrors(self, order: list[Stage], project: str) -> None:
         """Upstream I/O for the mirrors the walk consults, before the synchronous read (502/504
         when the requested mirror itself fails with nothing stored)."""
+        if not any(stage.is_mirror for stage in order):
+            return          # nothing to ask upstream: skip the whitelist walk
         try:
             await self._server.mirrors.ensure_project(order, project)
         except MirrorUnavailable as exc:
@@ -99,30 +125,41 @@ class Routes:
                                 f"got {accept!r}")
         ignore_bases = has_query_flag(request, "ignore_bases")
         stage = self._stage(user, index)
-        await self._ensure_mirrors([stage] if ignore_bases else sro(self._store, user, index), name)
+        await self._ensure_mirrors([stage] if ignore_bases else self._order(stage), name)
         stage = self._stage(user, index)          # re-read after the await
-        full_order = sro(self._store, user, index)
-        order = [stage] if ignore_bases else full_order
-        result, exists = project_view(self._store, order, name, self._url_for(request), self._server.mirrors)
-        if not result and not exists and not (
-                ignore_bases and walk_project(self._store, full_order, name, self._server.mirrors).exists):
-            # Known only in a base (with ignore_bases) is an empty answer, not a 404.
-            raise NegotiatedError(404, f"no project '{name}'")
-        return envelope(request, "projectconfig", result)
+        outside = outside_url(request, self._server.config.outside_url)
+        key: Hashable = ("projectconfig", stage.name, name, outside.base, ignore_bases)
+        stamp = self.pages.project_stamp(name)
+        page = self.pages.lookup(key, stamp)
+        if page is None:
+            full_order = self._order(stage)
+            order = [stage] if ignore_bases else full_order
+            result, exists = project_view(self._store, order, name, _url_for(outside), self._server.mirrors)
+            if not result and not exists and not (
+                    ignore_bases and walk_project(self._store, full_order, name, self._server.mirrors).exists):
+                # Known only in a base (with ignore_bases) is an empty answer, not a 404.
+                raise NegotiatedError(404, f"no project '{name}'")
+            page = self.pages.store(key, stamp, envelope(request, "projectconfig", result), JSON_TYPE)
+        return self._respond(request, page)
 
     async def _get_version(self, request: IRequest, user: str, index: str, project: str, version: str) -> bytes:
         require_json_view(request)
         name = normalize_project_name(project)
         if name != project:
             return self._redirect_to_normalized(request, f"/{user}/{index}/{name}/{version}")
-        self._stage(user, index)
-        await self._ensure_mirrors(sro(self._store, user, index), name)
-        self._stage(user, index)
-        result = version_view(self._store, sro(self._store, user, index), name, version, self._url_for(request),
-                              self._server.mirrors)
-        if result is None:
-            raise ApiError(404, f"The version {version} of project {name} does not exist.")
-        return envelope(request, "versiondata", result)
+        await self._ensure_mirrors(self._order(self._stage(user, index)), name)
+        stage = self._stage(user, index)
+        outside = outside_url(request, self._server.config.outside_url)
+        key: Hashable = ("versiondata", stage.name, name, version, outside.base)
+        stamp = self.pages.project_stamp(name)
+        page = self.pages.lookup(key, stamp)
+        if page is None:
+            result = version_view(self._store, self._order(stage), name, version, _url_for(outside),
+                                  self._server.mirrors)
+            if result is None:
+                raise ApiError(404, f"The version {version} of project {name} does not exist.")
+            page = self.pages.store(key, stamp, envelope(request, "versiondata", result), JSON_TYPE)
+        return self._respond(request, page)
 
     # -- DELETE --------------------------------------------------------------------------------
     async def _delete_project(self, request: IRequest, user: str, index: str, project: str) -> bytes:
@@ -179,3 +216,6 @@ class Routes:
         what = "unyanked" if yanked is False else "yanked"
         return envelope(request, "versiondata", result, message=f"project '{project}' version '{version}' {what}")
 
+
+def _url_for(outside: OutsideUrl) -> UrlFor:
+    return lambda relpath: outside.url("/" + relpath)

@@ -48,6 +48,7 @@ from devpitx.web.simplepages import (
     list_human_html,
     list_installer_html,
     list_json,
+    page_cache,
     project_html,
     project_json,
 )
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 _NOT_FOUND = "The requested resource could not be found."
 _VARY_PAGE = b"Accept, User-Agent"
 _NO_CACHE = b"max-age=0, must-revalidate, no-cache, no-store"
+_FRESH = PageFreshness()
 
 
 def _require_read(request: IRequest) -> None:
@@ -91,7 +93,7 @@ class Routes:
         self._config = server.config
         self._clock = server.clock
         self._mirrors = server.mirrors
-        self.pages = SimplePageCache(server.store)
+        self.pages: SimplePageCache = page_cache(server.store)
 
     def install(self, router: Router) -> None:
         add = router.add
@@ -207,8 +209,11 @@ class Routes:
     async def _ensure_mirrors(self, user: str, index: str, project: str) -> PageFreshness:
         """The mirror step: upstream I/O for the mirrors the walk consults (502/504 when it fails
         for the requested mirror itself and nothing is cached)."""
+        order = self._order(self._stage(user, index))
+        if not any(stage.is_mirror for stage in order):
+            return _FRESH       # nothing to ask upstream: skip the whitelist walk
         try:
-            return await self._mirrors.ensure_project(self._order(self._stage(user, index)), project)
+            return await self._mirrors.ensure_project(order, project)
         except MirrorUnavailable as exc:
             raise NegotiatedError(exc.code, exc.message) from None
 

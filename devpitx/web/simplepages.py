@@ -6,19 +6,23 @@ additions: ``size``, ``upload-time``, ``versions``, PEP 658/714 core metadata).
 Every user-supplied string is HTML-escaped.
 
 Caching (DESIGN.md §3): a page is rendered once per change and then served
-from memory with an ETag. Validity is checked with *stamps* instead of
-scanning anything: a commit listener bumps a generation counter for every
-project, index project set or index configuration it touches, and a cached
-page remembers the generations it was built from. A request compares one or
-two integers (project pages) or one per index in the resolution order
-(project lists), whatever the number of projects. The cache is bounded by
-bytes (least recently used pages go first), because keys include the base URL
-of absolute links, which clients choose.
+from memory with an ETag. The same cache (one per store, ``page_cache``)
+also holds the JSON views of ``/U/I/P`` and ``/U/I/P/V`` (web/projects.py),
+which depend on exactly what a project page depends on. Validity is checked
+with *stamps* instead of scanning anything: a commit listener bumps a
+generation counter for every project, index project set or index
+configuration it touches, and a cached page remembers the generations it
+was built from. A request compares one or two integers (project pages) or
+one per index in the resolution order (project lists), whatever the number
+of projects. The cache is bounded by bytes (least recently used pages go
+first), because keys include the base URL of absolute links, which clients
+choose.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -269,6 +273,23 @@ class SimplePageCache:
             elif kind == "file":
                 for project in _projects_of_file(rest, value):
                     self._project_generation[project] = generation
+
+
+_CACHES: weakref.WeakKeyDictionary[Store, SimplePageCache] = weakref.WeakKeyDictionary()
+
+
+def page_cache(store: Store) -> SimplePageCache:
+    """The page cache of ``store``, shared by every area that caches rendered responses.
+
+    One instance per store: one commit listener, one byte budget, one
+    resolution-order cache. The registry holds stores weakly; a store keeps
+    its cache alive through the listener, and the cache holds no reference
+    back, so the two go away together.
+    """
+    cache = _CACHES.get(store)
+    if cache is None:
+        cache = _CACHES[store] = SimplePageCache(store)
+    return cache
 
 
 def _projects_of_file(relpath: str, entry: Any) -> set[str]:

@@ -10,10 +10,14 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from devpitx.model.ixconfig import new_index_config
+from devpitx.model import views
 from devpitx.model.users import new_user_record
 from devpitx.storage.keys import file_key, index_key, mirrorlinks_key, project_key, user_key, version_key
+from devpitx.web import projects as projects_area
+from devpitx.web.simplepages import page_cache
 from tests.helpers.forms import multipart, upload_fields, wheel_bytes
 from tests.helpers.testserver import BASE, cheap_hash
+from tests.mirror.harness import MirrorCase
 from tests.web.test_api import Reply, ServerTestCase
 
 ALICE = ("alice", "secret")
@@ -409,3 +413,131 @@ class DocTests(ReleaseTestCase):
         # not a release: never in simple pages
         page = self.request("GET", "/alice/dev/+simple/pkg/", accept="text/html").body
         self.assertNotIn(b".doc.zip", page)
+
+
+class ViewCacheTests(ReleaseTestCase):
+    """The JSON views are rendered once per change of what they show, in the simple pages' cache."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.builds: list[str] = []
+        real_project_view, real_version_view = views.project_view, views.version_view
+
+        def project_view(*args: Any, **kwargs: Any) -> Any:
+            self.builds.append("project")
+            return real_project_view(*args, **kwargs)
+
+        def version_view(*args: Any, **kwargs: Any) -> Any:
+            self.builds.append("version")
+            return real_version_view(*args, **kwargs)
+
+        self.patch(projects_area, "project_view", project_view)
+        self.patch(projects_area, "version_view", version_view)
+
+    def versions(self, path: str) -> list[str]:
+        reply = self.request("GET", path)
+        self.assertEqual(reply.code, 200, reply.body)
+        return list(reply.json["result"])
+
+    def test_one_cache_with_the_simple_pages(self) -> None:
+        simple = self.server.router.handler_for("simple.project").__self__  # type: ignore[union-attr]
+        projects = self.server.router.handler_for("projects.project").__self__  # type: ignore[union-attr]
+        self.assertIs(simple.pages, projects.pages)
+        self.assertIs(projects.pages, page_cache(self.server.store))
+
+    def test_project_view_is_built_once_per_change(self) -> None:
+        self.upload("dev", "pkg", "1.0")
+        first = self.request("GET", "/alice/dev/pkg")
+        for path in ("/alice/dev/pkg", "/alice/dev/pkg/", "/alice/dev/pkg"):
+            self.assertEqual(self.request("GET", path).body, first.body)
+        self.assertEqual(self.builds, ["project"])
+        self.request("GET", "/alice/dev/pkg?ignore_bases")        # another variant, another entry
+        self.assertEqual(self.builds, ["project"] * 2)
+        self.upload("dev", "other", "1.0")
+        self.assertEqual(self.versions("/alice/dev/pkg"), ["1.0"])
+        self.assertEqual(self.builds, ["project"] * 2)               # other projects do not invalidate
+        self.upload("dev", "pkg", "1.1")
+        self.assertEqual(self.versions("/alice/dev/pkg"), ["1.0", "1.1"])
+        self.assertEqual(self.builds, ["project"] * 3)
+
+    def test_version_view_is_built_once_per_change(self) -> None:
+        self.upload("vol", "pkg", "1.0")
+        first = self.request("GET", "/alice/vol/pkg/1.0")
+        self.assertEqual(self.request("GET", "/alice/vol/pkg/1.0").body, first.body)
+        self.assertEqual(self.builds, ["version"])
+        reply = self.request("PATCH", "/alice/vol/pkg/1.0", {"yanked": "broken"}, auth=ALICE)
+        self.assertEqual(reply.code, 200, reply.body)
+        self.builds.clear()
+        self.assertEqual(self.request("GET", "/alice/vol/pkg/1.0").json["result"]["+links"][0]["yanked"], "broken")
+        self.assertEqual(self.builds, ["version"])
+        self.assertEqual(self.request("DELETE", "/alice/vol/pkg/1.0", auth=ALICE).code, 200)
+        self.assertEqual(self.request("GET", "/alice/vol/pkg/1.0").code, 404)
+
+    def test_a_change_in_a_base_invalidates_the_inheriting_views(self) -> None:
+        self.add_index("alice", "prod")
+        self.add_index("alice", "stage", bases=["alice/prod"])
+        self.request("PATCH", "/alice/dev", ["bases+=alice/stage"], auth=ALICE)   # dev -> stage -> prod
+        self.upload("dev", "pkg", "1.0")
+        self.assertEqual(self.versions("/alice/dev/pkg"), ["1.0"])
+        self.assertNotIn("+shadowing", self.request("GET", "/alice/dev/pkg/1.0").json["result"])
+        prod = self.upload("prod", "pkg", "1.0", content=b"prod build")
+        self.upload("prod", "pkg", "0.9")
+        self.assertEqual(self.versions("/alice/dev/pkg"), ["0.9", "1.0"])
+        shadowing = self.request("GET", "/alice/dev/pkg/1.0").json["result"]["+shadowing"]
+        self.assertEqual([link["href"] for s in shadowing for link in s["+links"]], [f"{BASE}/{prod}"])
+        # an index configuration change: the base is gone from the order
+        self.request("PATCH", "/alice/stage", ["bases-=alice/prod"], auth=ALICE)
+        self.assertEqual(self.versions("/alice/dev/pkg"), ["1.0"])
+        self.assertNotIn("+shadowing", self.request("GET", "/alice/dev/pkg/1.0").json["result"])
+
+    def test_hrefs_follow_each_base_url(self) -> None:
+        relpath = self.upload("dev", "pkg", "1.0")
+        for _ in range(2):
+            for base in ("http://one.example", "http://two.example/pi"):
+                reply = self.request("GET", "/alice/dev/pkg", headers={"X-Outside-Url": base})
+                hrefs = [link["href"] for link in reply.json["result"]["1.0"]["+links"]]
+                self.assertEqual(hrefs, [f"{base}/{relpath}"])
+        self.assertEqual(self.builds, ["project"] * 2)
+
+    def test_mirror_link_change_invalidates(self) -> None:
+        add_mirror(self)
+        self.request("PATCH", "/alice/vol", ["bases=alice/mirror"], auth=ALICE)
+        self.assertEqual(self.versions("/alice/vol/pkg"), ["1.0", "2.0"])
+        record = self.stored(mirrorlinks_key("alice", "mirror", "pkg"))
+        with self.server.store.write() as tx:           # what a page fetch with new links commits
+            tx.set(mirrorlinks_key("alice", "mirror", "pkg"), {**record, "links": record["links"][:1],
+                                                                "requires_python": [None], "yanked": [None]})
+        self.assertEqual(self.versions("/alice/vol/pkg"), ["1.0"])
+        self.assertEqual(self.request("GET", "/alice/vol/pkg/2.0").code, 404)
+
+    def test_etag_and_if_none_match(self) -> None:
+        self.upload("dev", "pkg", "1.0")
+        for path in ("/alice/dev/pkg", "/alice/dev/pkg/1.0"):
+            reply = self.request("GET", path)
+            etag = reply.headers["etag"]
+            self.assertTrue(etag.startswith('"'), etag)
+            for value in (etag, f"W/{etag}", f'"other", {etag}'):
+                cached = self.request("GET", path, headers={"If-None-Match": value})
+                self.assertEqual((cached.code, cached.body, cached.headers["etag"]), (304, b"", etag), value)
+            self.assertEqual(self.request("GET", path, headers={"If-None-Match": '"other"'}).body, reply.body)
+        etags = {path: self.request("GET", path).headers["etag"] for path in ("/alice/dev/pkg", "/alice/dev/pkg/1.0")}
+        self.upload_wheel("dev", "pkg", "1.0")
+        for path, etag in etags.items():
+            reply = self.request("GET", path, headers={"If-None-Match": etag})
+            self.assertEqual(reply.code, 200, path)
+            self.assertNotEqual(reply.headers["etag"], etag)
+
+
+class MirrorFetchViewTests(MirrorCase):
+    """A mirror page fetch that changes the links commits them, which invalidates the cached views."""
+
+    def test_new_upstream_links_reach_the_project_view(self) -> None:
+        self.upstream.add("pkg", "pkg-1.0.tar.gz")
+        accept = {"Accept": "application/json"}
+        self.assertEqual(list(self.get_json("/u/dev/pkg", accept)["result"]), ["1.0"])
+        self.upstream.add("pkg", "pkg-2.0.tar.gz")
+        self.assertEqual(list(self.get_json("/u/dev/pkg", accept)["result"]), ["1.0"])   # stored page still fresh
+        self.clock.advance(1800)                                                          # now it is expired
+        self.assertEqual(list(self.get_json("/u/dev/pkg", accept)["result"]), ["1.0", "2.0"])
+        self.assertEqual(list(self.get_json("/u/dev/pkg/2.0", accept)["result"]["+links"][0]), ["rel", "hash_spec",
+                                                                                            "hashes", "href"])
