@@ -1,4 +1,4 @@
-"""The web entry point: Site and Request classes, the app resource, error handlers, common headers.
+"""The web entry point: Site and Request classes, the Klein app, error handlers, common headers.
 
 Request bodies are spooled to the server's ``tmp/`` (same filesystem as the
 blobs, unlinked at once so a crash leaves no trace) and capped by
@@ -13,12 +13,13 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, cast
 
-from twisted.internet.defer import CancelledError, Deferred
+from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
-from twisted.web.resource import IResource, Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.resource import IResource
+from twisted.web.server import Request, Site
 
 from devpitx.web.errors import ApiError, render_error
 from devpitx.web.negotiate import outside_url
@@ -130,16 +131,12 @@ def set_serial(request: IRequest, serial: int) -> None:
 
 
 class App:
-    """The web application: one dispatch function behind one leaf resource.
+    """The web application: a Klein app whose one branch route hands every request to ``dispatch``.
 
-    Routing is plain code (routes.py), so Klein's per-request machinery (a
-    werkzeug URL map bound and matched, a request adapter, a chain of
-    Deferreds and closures) bought nothing here and cost about a quarter of
-    a cached simple page's time, plus most of the cyclic garbage a request
-    left for the garbage collector. What Klein did that clients can see is
-    kept by ``_AppResource``: 400 for a URL that is not UTF-8 once
-    percent-decoded, the two error handlers below, and cancelling the
-    handler's Deferred when the client goes away.
+    Routing itself is plain code (routes.py) because the spec's table needs
+    first-match-wins and User-Agent/Accept predicates that a URL map cannot
+    express; Klein provides the request entry, coroutine handling, error
+    handlers and cancelling a handler whose client went away.
     """
 
     def __init__(self, router: Router, configured_outside_url: str | None,
@@ -147,9 +144,13 @@ class App:
         self._router = router
         self._configured_outside_url = configured_outside_url
         self._identity_headers = identity_headers
+        self.klein = Klein()
+        self.klein.route("/", branch=True, strict_slashes=False, endpoint="dispatch")(self.dispatch)
+        self.klein.handle_errors(ApiError)(self.api_error)
+        self.klein.handle_errors(Exception)(self.crash)
 
     def resource(self) -> IResource:
-        return _AppResource(self)
+        return cast(IResource, self.klein.resource())
 
     def dispatch(self, request: IRequest) -> Any:
         for name, value in self._identity_headers().items():
@@ -182,99 +183,6 @@ class App:
 def make_app(router: Router, configured_outside_url: str | None,
              identity_headers: Callable[[], dict[bytes, bytes]]) -> App:
     return App(router, configured_outside_url, identity_headers)
-
-
-def _utf8_url(request: Request) -> bool:
-    """Whether the percent-decoded path and the host name are UTF-8 (Klein answered 400 otherwise)."""
-    try:
-        b"/".join(request.postpath or ()).decode("utf-8")
-        request.getRequestHostname().decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
-class _AppResource(Resource):
-    """Hands every request to ``App.dispatch`` and writes what it answers."""
-
-    isLeaf = True
-
-    def __init__(self, app: App) -> None:
-        super().__init__()
-        self._app = app
-        # First match wins; a handler that raises hands its failure to the handlers after it.
-        self._error_handlers: tuple[tuple[type[Exception], Callable[[IRequest, Failure], Any]], ...] = (
-            (ApiError, app.api_error),
-            (Exception, app.crash),
-        )
-
-    def render(self, request: Request) -> bytes | int:
-        if not _utf8_url(request):
-            request.setResponseCode(400)
-            return b"Non-UTF-8 encoding in URL."
-        try:
-            result = self._app.dispatch(request)
-        except Exception:  # noqa: BLE001 - every error becomes a response, as a failed Deferred would
-            self._failed(request, Failure())
-            return NOT_DONE_YET
-        if isinstance(result, Coroutine):
-            result = Deferred.fromCoroutine(result)
-        if not isinstance(result, Deferred):
-            self._write(request, result)
-            return NOT_DONE_YET
-        outcome: list[Any] = []
-        result.addBoth(outcome.append)
-        if outcome:
-            # Finished synchronously (every cached page): no need to watch the connection.
-            self._settle(request, outcome[0], gone=False)
-        else:
-            gone: list[bool] = []
-
-            def client_gone(reason: Failure) -> None:
-                # The client went away: stop the handler (mirror downloads leave at once).
-                gone.append(True)
-                result.cancel()
-
-            request.notifyFinish().addErrback(client_gone)
-            result.addCallback(lambda _: self._settle(request, outcome[0], gone=bool(gone)))
-        return NOT_DONE_YET
-
-    def _settle(self, request: Request, outcome: Any, *, gone: bool) -> None:
-        if gone or (request.finished and isinstance(outcome, Failure)):
-            # Nothing can be sent any more; only a real error is worth a log line.
-            if isinstance(outcome, Failure) and not outcome.check(CancelledError):
-                log.failure("unhandled error after the client left {method} {uri}", outcome,
-                            method=request.method.decode("latin-1"), uri=request.uri.decode("latin-1"))
-            return
-        if isinstance(outcome, Failure):
-            self._failed(request, outcome)
-        else:
-            self._write(request, outcome)
-
-    def _failed(self, request: Request, failure: Failure) -> None:
-        for kind, handler in self._error_handlers:
-            if not failure.check(kind):
-                continue
-            try:
-                body = handler(request, failure)
-            except Exception:  # noqa: BLE001 - handed to the next handler, then to Twisted
-                failure = Failure()
-                continue
-            self._write(request, body)
-            return
-        request.processingFailed(failure)
-
-    def _write(self, request: Request, body: Any) -> None:
-        try:
-            if isinstance(body, str):
-                body = body.encode("utf-8")
-            if isinstance(body, bytes):
-                request.write(body)
-            if not request.finished:
-                request.finish()
-        except Exception:  # noqa: BLE001 - the response is lost either way; keep the server going
-            log.failure("unhandled error writing the response to {method} {uri}", Failure(),
-                        method=request.method.decode("latin-1"), uri=request.uri.decode("latin-1"))
 
 
 def finish_bytes(request: IRequest, body: bytes) -> bytes:

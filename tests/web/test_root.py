@@ -84,6 +84,7 @@ class AccessLogTests(SiteCase):
     def test_errors_and_unrouted_paths_are_logged_once_too(self) -> None:
         self.get("/nobody/+nothing")
         self.get("/%ff")
+        self.flushLoggedErrors(UnicodeDecodeError)  # Klein logs the undecodable path it refuses
         self.assertEqual([line.split('"')[1] for line in self.access_lines()], ["GET /nobody/+nothing", "GET /%ff"])
         self.assertEqual([line.split()[3] for line in self.access_lines()], ["404", "400"])
 
@@ -91,6 +92,7 @@ class AccessLogTests(SiteCase):
 class AppResourceTests(SiteCase):
     def test_url_that_is_not_utf8_once_decoded(self) -> None:
         head, body = self.get("/%ff/x")
+        self.flushLoggedErrors(UnicodeDecodeError)  # Klein logs the undecodable path it refuses
         self.assertTrue(head.startswith("HTTP/1.1 400"), head)
         self.assertEqual(body, b"Non-UTF-8 encoding in URL.")
 
