@@ -48,7 +48,9 @@ if TYPE_CHECKING:
 
 log = Logger()
 
-CHUNK_BYTES = 64 * 1024
+# 256 KiB per write: a 50 MB download went from ~800 to ~1,300 MiB/s against 64 KiB (fewer reactor
+# turns per byte); 1 MiB was no faster and holds more per connection.
+CHUNK_BYTES = 256 * 1024
 CACHE_CONTROL = b"max-age=365000000, immutable, public"
 METADATA_SUFFIX = ".metadata"
 _NO_SUCH_FILE = "no such file"
