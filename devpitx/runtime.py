@@ -5,11 +5,13 @@ Handlers never call blocking functions directly: they receive a ``RunBlocking``
 """
 from __future__ import annotations
 
+import gc
 from typing import Callable, ParamSpec, Protocol, TypeVar
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.interfaces import IReactorFromThreads, IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
@@ -47,3 +49,40 @@ class ThreadPoolService(Service):
             return deferToThreadPool(reactor, pool, fn, *args, **kwargs)
 
         return run
+
+
+class HeapFreezer(Service):
+    """Keeps long-lived state out of the garbage collector's full collections.
+
+    A full collection scans every tracked object; with tens of thousands of
+    projects in memory that is a pause of 100 ms or more, which shows up as
+    request latency. State loaded or committed since the last look is moved to
+    the permanent generation (``gc.freeze``) after a young-generation
+    collection, so only short-lived objects are ever scanned. Runs every
+    ``interval_seconds`` and only when ``changed()`` says there is new state.
+    """
+
+    def __init__(self, clock: IReactorTime, changed: Callable[[], bool], interval_seconds: float = 30.0) -> None:
+        self._clock = clock
+        self._changed = changed
+        self._interval = interval_seconds
+        self._loop: LoopingCall | None = None
+
+    def freeze_now(self) -> None:
+        gc.collect(1)
+        gc.freeze()
+
+    def _tick(self) -> None:
+        if self._changed():
+            self.freeze_now()
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = LoopingCall(self._tick)
+        self._loop.clock = self._clock
+        self._loop.start(self._interval, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()

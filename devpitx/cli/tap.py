@@ -166,7 +166,7 @@ def makeService(options: Options) -> IService:
     from devpitx.auth.secret import Argon2Params, SecretError, derive_keys_cached, read_secret_file
     from devpitx.auth.tokens import LoginTokens
     from devpitx.mirror.upstream import make_http_client
-    from devpitx.runtime import ThreadPoolService
+    from devpitx.runtime import HeapFreezer, ThreadPoolService
     from devpitx.server import Server
     from devpitx.storage import nodeinfo
     from devpitx.storage.store import Store, StoreLocked
@@ -200,9 +200,18 @@ def makeService(options: Options) -> IService:
                     http=None if config.offline_mode else make_http_client(reactor))
     site = server.site()
     # The loaded state is long-lived: moving it out of the collector's view keeps
-    # full collections (which scan every tracked object) from pausing requests.
+    # full collections (which scan every tracked object) from pausing requests;
+    # the freezer does the same for state committed later.
     gc.collect()
     gc.freeze()
+    frozen_at = [store.serial]
+
+    def state_grew() -> bool:
+        grew = store.serial != frozen_at[0]
+        frozen_at[0] = store.serial
+        return grew
+
+    HeapFreezer(reactor, state_grew).setServiceParent(top)
     for description in config.listen:
         web = strports.service(description, site, reactor=reactor)
         web.endpoint = AnnouncingEndpoint(web.endpoint)
