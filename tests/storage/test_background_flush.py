@@ -11,16 +11,7 @@ from pathlib import Path
 from twisted.internet.task import Clock
 
 from devpitx.storage.store import SNAPSHOT_FILE, Store
-
-
-def commit(store: Store, **changes: object) -> None:
-    with store.write() as tx:
-        for key, value in changes.items():
-            key = key.replace("__", "/")
-            if value is None:
-                tx.delete(key)
-            else:
-                tx.set(key, value)
+from tests.storage.test_store import commit
 
 
 def state_file_values(serverdir: Path) -> dict[str, object]:

@@ -14,8 +14,16 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from devpitx.server import Server
+from devpitx.storage.keys import user_key
 from devpitx.web.api import FEATURES, MAX_JSON_BODY_BYTES
-from tests.helpers.testserver import BASE, basic_auth, devpi_auth, make_test_server, stub_client
+from tests.helpers.testserver import (
+    BASE,
+    basic_auth,
+    cheap_hash,
+    devpi_auth,
+    make_test_server,
+    stub_client,
+)
 
 JSON_ACCEPT = {"Accept": "application/json"}
 
@@ -53,6 +61,12 @@ class ServerTestCase(SynchronousTestCase):
                                                root_password=self.root_password, **options)
         self.http = stub_client(self.server)
         self.addCleanup(self.server.store.close)
+
+    def seed_users(self, *credentials: tuple[str, str]) -> None:
+        """Users written straight to the store (e.g. where only a restrict-modify admin could create them)."""
+        with self.server.store.write() as tx:
+            for name, password in credentials:
+                tx.set(user_key(name), {"pwhash": cheap_hash(password), "created": "2024-01-01T00:00:00Z"})
 
     def temp_dir(self) -> str:
         # Not trial's mktemp(): that leaves directories in the working directory.

@@ -7,7 +7,6 @@ from devpitx.model.ixconfig import DEFAULT_MIRROR_URL, NOOP_MESSAGE
 from devpitx.model.releases import register
 from devpitx.storage.keys import index_key, project_key, user_key
 from devpitx.web.negotiate import SIMPLE_JSON
-from tests.helpers.testserver import cheap_hash
 from tests.web.test_api import Reply, ServerTestCase
 
 ALICE = ("alice", "secret")
@@ -315,9 +314,7 @@ class RestrictModifyTests(ServerTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        with self.server.store.write() as tx:
-            for name, password in (("admin", "adminpw"), ("alice", "secret")):
-                tx.set(user_key(name), {"pwhash": cheap_hash(password), "created": "2024-01-01T00:00:00Z"})
+        self.seed_users(("admin", "adminpw"), ("alice", "secret"))
         self.admin = ("admin", "adminpw")
 
     def test_create(self) -> None:

@@ -315,9 +315,7 @@ class RestrictModifyTests(ServerTestCase):
     def setUp(self) -> None:
         super().setUp()
         # Only the restrict-modify admin may create users: seed through the store.
-        with self.server.store.write() as tx:
-            for name, password in (("admin", "adminpw"), ("alice", "secret")):
-                tx.set(user_key(name), {"pwhash": cheap_hash(password), "created": "2024-01-01T00:00:00Z"})
+        self.seed_users(("admin", "adminpw"), ("alice", "secret"))
         self.admin = ("admin", "adminpw")
         self.alice = ("alice", "secret")
 
