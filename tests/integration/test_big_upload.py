@@ -8,11 +8,14 @@ it was: same serial, no leftovers in ``tmp/``, no new files, no project.
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import os
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urljoin, urlsplit
 
 import pytest
 
@@ -79,7 +82,38 @@ def test_300mb_wheel_upload_keeps_server_memory_bounded(
     entry = file_entry(page, wheel.name)
     assert entry["hashes"]["sha256"] == sha256_file(wheel)
     assert entry["size"] == wheel.stat().st_size
+
+    # The download goes out over the real socket (sendfile(2) with ordinary writes between):
+    # every byte arrives, in order, and the server holds none of it in memory.
+    file_url = urljoin(f"{fresh_server.url}/alice/dev/+simple/big-wheel/", entry["url"])
+    status, length, digest = download_sha256(file_url)
+    assert (status, length, digest) == (200, wheel.stat().st_size, entry["hashes"]["sha256"])
+    first, last = 123_456_789, 200_000_000
+    status, length, digest = download_sha256(file_url, {"Range": f"bytes={first}-{last}"})
+    with wheel.open("rb") as f:
+        f.seek(first)
+        expected = hashlib.sha256(f.read(last - first + 1)).hexdigest()
+    assert (status, length, digest) == (206, last - first + 1, expected)
+    assert fresh_server.peak_rss_bytes() < PEAK_RSS_LIMIT_BYTES
     wheel.unlink()  # 300 MB less in the temp dir while the rest of the suite runs
+
+
+def download_sha256(url: str, headers: dict[str, str] | None = None) -> tuple[int, int, str]:
+    """GET ``url`` on 127.0.0.1, hashing the body as it arrives: status, body length, sha256."""
+    parts = urlsplit(url)
+    assert parts.hostname in ("127.0.0.1", "localhost"), url
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
+    try:
+        connection.request("GET", parts.path, headers=headers or {})
+        response = connection.getresponse()
+        digest = hashlib.sha256()
+        length = 0
+        while chunk := response.read(1 << 20):
+            digest.update(chunk)
+            length += len(chunk)
+        return response.status, length, digest.hexdigest()
+    finally:
+        connection.close()
 
 
 def tree_snapshot(root: Path) -> dict[str, int]:

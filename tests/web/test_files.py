@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import hashlib
-import io
+import random
+import socket
+import tempfile
 import json
-from typing import Any, cast
+from collections.abc import Callable
+from typing import IO, Any, cast
 
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
@@ -16,7 +19,9 @@ from treq.testing import StubTreq
 
 from devpitx.auth.acl import Identity
 from devpitx.model.projects import http_date
-from devpitx.web.files import CHUNK_BYTES, BlobProducer, ByteRange, RangeNotSatisfiable, content_type_for, parse_range
+from devpitx.web.files import (
+    CHUNK_BYTES, BlobProducer, ByteRange, DirectSocket, RangeNotSatisfiable, content_type_for, parse_range, plain_tcp_socket,
+)
 from tests.helpers.testserver import BASE, make_test_server
 from tests.web.fixtures_records import StoredFile, add_file, delete_file, drive, make_index, use_clock_cooperator
 
@@ -283,16 +288,22 @@ class ParseRangeTests(SynchronousTestCase):
 
 
 class FakeRequest:
-    """Just enough of a request to drive a BlobProducer by hand."""
+    """Just enough of a request to drive a BlobProducer by hand.
 
-    def __init__(self) -> None:
+    Like a TCP transport, it pauses its push producer from inside ``write``
+    once more than ``buffer_limit`` bytes wait, and resumes it on :meth:`drain`.
+    """
+
+    def __init__(self, buffer_limit: int = 64 * 1024) -> None:
         self.written: list[bytes] = []
+        self.pending = 0
+        self.buffer_limit = buffer_limit
         self.producer: Any = None
         self.lost = False
         self.uri = b"/u/dev/+f/x"
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
-        assert not streaming
+        assert streaming
         self.producer = producer
 
     def unregisterProducer(self) -> None:
@@ -300,39 +311,70 @@ class FakeRequest:
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
+        self.pending += len(data)
+        if self.producer is not None and self.pending > self.buffer_limit:
+            self.producer.pauseProducing()
+
+    def drain(self) -> None:
+        self.pending = 0
+        if self.producer is not None:
+            self.producer.resumeProducing()
 
     def loseConnection(self) -> None:
         self.lost = True
 
 
+def blob_file(content: bytes) -> IO[bytes]:
+    """An open file holding ``content`` (the producer reads by file descriptor)."""
+    f = tempfile.TemporaryFile()
+    f.write(content)
+    f.flush()
+    return f
+
+
 class ProducerTests(SynchronousTestCase):
+    def test_writes_only_while_the_transport_takes_data(self) -> None:
+        request = FakeRequest()
+        blob = blob_file(BIG)
+        d = BlobProducer(cast(Any, request), blob, 0, len(BIG)).start()
+        self.assertEqual(len(request.written), 1)       # paused by the first full buffer
+        request.drain()
+        self.assertEqual(len(request.written), 2)
+        self.assertNoResult(d)
+
+    def test_small_writes_continue_until_the_buffer_is_full(self) -> None:
+        request = FakeRequest(buffer_limit=3 * CHUNK_BYTES)
+        size = 6 * CHUNK_BYTES
+        blob = blob_file(bytes(size))
+        d = BlobProducer(cast(Any, request), blob, 0, size).start()
+        self.assertEqual(len(request.written), 4)
+        self.assertNoResult(d)
+
     def test_cancel_closes_the_file(self) -> None:
         request = FakeRequest()
-        blob = io.BytesIO(BIG)
+        blob = blob_file(BIG)
         d = BlobProducer(cast(Any, request), blob, 0, len(BIG)).start()
-        request.producer.resumeProducing()
-        self.assertEqual(len(request.written), 1)
         d.cancel()
         self.failureResultOf(d)
         self.assertTrue(blob.closed)
+        request.drain()                                 # late resumes are harmless
+        self.assertEqual(len(request.written), 1)
 
     def test_stop_producing_closes_the_file(self) -> None:
         request = FakeRequest()
-        blob = io.BytesIO(BIG)
+        blob = blob_file(BIG)
         d = BlobProducer(cast(Any, request), blob, 0, len(BIG)).start()
         request.producer.stopProducing()
-        request.producer.resumeProducing()       # late calls are harmless
+        request.drain()                                 # late resumes are harmless
         self.assertTrue(blob.closed)
-        self.assertEqual(request.written, [])
+        self.assertEqual(len(request.written), 1)
         self.assertNoResult(d)
 
     def test_short_blob_drops_the_connection(self) -> None:
         request = FakeRequest()
-        blob = io.BytesIO(b"0123456789")
+        blob = blob_file(b"0123456789")
         d = BlobProducer(cast(Any, request), blob, 5, 20).start()
-        producer = request.producer
-        while request.producer is not None:
-            producer.resumeProducing()
+        self.assertIsNone(request.producer)
         self.assertEqual(b"".join(request.written), b"56789")
         self.assertTrue(request.lost)
         self.assertTrue(blob.closed)
@@ -341,12 +383,87 @@ class ProducerTests(SynchronousTestCase):
 
     def test_range_is_written_in_chunks(self) -> None:
         request = FakeRequest()
-        blob = io.BytesIO(BIG)
+        blob = blob_file(BIG)
         d = BlobProducer(cast(Any, request), blob, 1, CHUNK_BYTES + 1).start()
-        producer = request.producer
         while request.producer is not None:
-            producer.resumeProducing()
+            request.drain()
         self.assertEqual([len(chunk) for chunk in request.written], [CHUNK_BYTES, 1])
         self.assertEqual(b"".join(request.written), BIG[1:CHUNK_BYTES + 2])
         self.assertIsNone(self.successResultOf(d))
         self.assertTrue(blob.closed)
+
+
+class SocketTransportRequest(FakeRequest):
+    """A FakeRequest whose transport buffer drains into a real (non-blocking) socket."""
+
+    def __init__(self, sock: socket.socket, peer_reads: Callable[[], None]) -> None:
+        super().__init__()
+        self.sock = sock
+        self.peer_reads = peer_reads
+        self.buffer = bytearray()
+        self.paused_by_us = False
+
+    def write(self, data: bytes) -> None:
+        self.peer_reads()       # the client keeps reading while the server writes
+        self.written.append(data)
+        self.buffer += data
+        if self.producer is not None and len(self.buffer) > self.buffer_limit:
+            self.paused_by_us = True
+            self.producer.pauseProducing()
+
+    def flush(self) -> None:
+        """Send what the socket takes; resume the producer once everything is out (like doWrite)."""
+        while self.buffer:
+            try:
+                sent = self.sock.send(self.buffer)
+            except BlockingIOError:
+                return
+            del self.buffer[:sent]
+        if self.paused_by_us and self.producer is not None:
+            self.paused_by_us = False
+            self.producer.resumeProducing()
+
+
+class ZeroCopyTests(SynchronousTestCase):
+    def stream(self, pausing_bytes: int) -> tuple[bytes, bytes, int]:
+        """Serve a random file through a socket pair: (expected, received, bytes written through Python)."""
+        content = random.Random(5).randbytes(3 * 1024 * 1024 + 11)
+        start, length = 7, len(content) - 7 - 5
+        server_side, client_side = socket.socketpair()
+        self.addCleanup(server_side.close)
+        self.addCleanup(client_side.close)
+        server_side.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 256 * 1024)
+        server_side.setblocking(False)
+        client_side.setblocking(False)
+        received = bytearray()
+
+        def peer_reads() -> None:
+            try:
+                received.extend(client_side.recv(1 << 20))
+            except BlockingIOError:
+                pass
+
+        request = SocketTransportRequest(server_side, peer_reads)
+        direct = DirectSocket(server_side, pausing_bytes)
+        d = BlobProducer(cast(Any, request), blob_file(content), start, length, direct_to=direct).start()
+        for _ in range(100_000):
+            request.flush()
+            peer_reads()
+            if len(received) >= length and request.producer is None and not request.buffer:
+                break
+        self.assertIsNone(self.successResultOf(d))
+        return content[start:start + length], bytes(received), sum(map(len, request.written))
+
+    def test_bytes_arrive_in_order_and_most_skip_python(self) -> None:
+        expected, received, through_python = self.stream(pausing_bytes=FakeRequest().buffer_limit + 1)
+        self.assertEqual(received, expected)
+        self.assertLess(through_python, len(expected) // 2)    # the rest went with sendfile(2)
+
+    def test_direct_sends_wait_until_the_transport_has_sent_its_bytes(self) -> None:
+        # Writes too small to pause the producer leave bytes in the transport: sendfile(2)
+        # must not overtake them.
+        expected, received, _ = self.stream(pausing_bytes=1000)
+        self.assertEqual(received, expected)
+
+    def test_sockets_of_other_requests_are_not_used(self) -> None:
+        self.assertIsNone(plain_tcp_socket(cast(Any, FakeRequest())))
