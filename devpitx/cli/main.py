@@ -48,6 +48,8 @@ def cmd_init(argv: list[str]) -> int:
 
 
 def cmd_serve(argv: list[str]) -> int:
+    import gc
+    gc.disable()    # until makeService has loaded the state and frozen the heap (it enables it again)
     from twisted.scripts.twistd import run
 
     sys.argv = ["twistd", "--nodaemon", "--pidfile=", "devpitx", *argv]

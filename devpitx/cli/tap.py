@@ -157,6 +157,20 @@ def initialise_in_child(config: Config) -> None:
 
 
 def makeService(options: Options) -> IService:
+    # Start-up allocates the whole loaded state (tens of thousands of dicts) on top of the
+    # imports; with the collector on, every collection that reaches the old generation walks
+    # all of it again (10,000 projects: the snapshot parse took 0.23 s with it, 0.11 s without).
+    # The loaded state is long-lived: freezing it keeps later full collections from scanning
+    # it and pausing requests; the HeapFreezer does the same for state committed later.
+    gc.disable()
+    try:
+        return _make_service(options)
+    finally:
+        gc.freeze()     # no collection first: start-up leaves little garbage, and it costs 50 ms
+        gc.enable()
+
+
+def _make_service(options: Options) -> IService:
     from twisted.internet import reactor as _reactor  # the only module that names the reactor
 
     reactor: Any = _reactor
@@ -199,10 +213,6 @@ def makeService(options: Options) -> IService:
                     passwords=Passwords(argon, clock=reactor), login_tokens=LoginTokens(keys.auth_key),
                     http=None if config.offline_mode else make_http_client(reactor))
     site = server.site()
-    # The loaded state is long-lived: moving it out of the collector's view keeps
-    # full collections (which scan every tracked object) from pausing requests;
-    # the freezer does the same for state committed later.
-    gc.freeze()  # no collection first: start-up leaves little garbage, and it costs 50 ms
     frozen_at = [store.serial]
 
     def state_grew() -> bool:

@@ -122,6 +122,24 @@ def test_close_leaves_a_snapshot_that_the_next_open_uses(tmp_path: Path) -> None
         again.close()
 
 
+def test_children_are_right_when_changes_come_before_their_first_use(tmp_path: Path) -> None:
+    # The children index of a store loaded from its snapshot is built on first use:
+    # commits made before that must be in it, deletions must not.
+    store = Store.open(tmp_path, Clock(), background_flush=True)
+    commit(store, project__u__i__a={}, project__u__i__b={}, project__u__j__c={})
+    store.close()
+    reopened = Store.open(tmp_path, Clock())
+    try:
+        commit(reopened, project__u__i__d={}, project__u__j__c=None)
+        assert sorted(reopened.children("project/u")) == ["i"]
+        assert sorted(reopened.children("project/u/i")) == ["a", "b", "d"]
+        commit(reopened, project__u__k__e={}, project__u__i__a=None)
+        assert sorted(reopened.children("project/u")) == ["i", "k"]
+        assert sorted(reopened.keys_below("project")) == ["project/u/i/b", "project/u/i/d", "project/u/k/e"]
+    finally:
+        reopened.close()
+
+
 def test_snapshot_older_than_journal_is_completed_by_replay(tmp_path: Path) -> None:
     store = Store.open(tmp_path, Clock())
     commit(store, user__a={"n": 1})
