@@ -167,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     devpi_version = servers.ensure_devpi_server(upgrade=not args.no_upgrade) if DEVPI in wanted else None
     if DEVPITX in wanted and not servers.DEVPITX_PYTHON.exists():
         raise SystemExit(f"{servers.DEVPITX_PYTHON} is missing: create the project venv first (README.md)")
+    if DEVPITX in wanted:
+        servers.compile_devpitx_bytecode()
 
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="devpitx-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)

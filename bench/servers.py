@@ -283,6 +283,16 @@ def ensure_devpi_server(upgrade: bool = True) -> str:
     return version
 
 
+def compile_devpitx_bytecode() -> None:
+    """Write devpitx's bytecode, as installing a release with pip does (devpi-server's venv has it).
+
+    The project venv holds an editable install: under PYTHONDONTWRITEBYTECODE every start
+    would compile devpitx's modules from source again, which a real installation never does.
+    """
+    subprocess.run([str(DEVPITX_PYTHON), "-m", "compileall", "-q", str(REPO / "devpitx"),
+                    str(REPO / "twisted" / "plugins")], check=True, timeout=300, stdout=subprocess.DEVNULL)
+
+
 def ensure_wrk() -> str:
     """wrk from Debian's package, installed with apt-get when missing (root only)."""
     if shutil.which("wrk") is None:

@@ -36,7 +36,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IResponse
+from twisted.web.iweb import IPolicyForHTTPS, IResponse
+from zope.interface import implementer
 
 from devpitx.version import DEVPITX_VERSION
 
@@ -335,20 +336,37 @@ def ca_bundle_path() -> str | None:
     return None
 
 
+@implementer(IPolicyForHTTPS)
+class LazyTrustPolicy:
+    """The TLS policy for upstream connections, built at the first HTTPS connection: loading
+    a CA bundle takes a noticeable part of start-up, and many servers never mirror over HTTPS."""
+
+    def __init__(self) -> None:
+        self._policy: IPolicyForHTTPS | None = None
+
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        if self._policy is None:
+            self._policy = trust_policy()
+        return self._policy.creatorForNetloc(hostname, port)
+
+
+def trust_policy() -> IPolicyForHTTPS:
+    """Verify TLS against the CA bundle named in the environment, else the system's."""
+    bundle = ca_bundle_path()
+    if bundle is None:
+        return BrowserLikePolicyForHTTPS()
+    with open(bundle, "rb") as f:
+        pem = f.read()
+    certificates = [ssl.Certificate.loadPEM(b"-----BEGIN CERTIFICATE-----" + part)
+                    for part in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]]
+    return BrowserLikePolicyForHTTPS(trustRoot=ssl.trustRootFromCertificates(certificates))
+
+
 def make_http_client(reactor: Any) -> Any:
-    """A treq client with a persistent connection pool (page fetches reuse connections),
-    verifying TLS against the CA bundle named in the environment, else the system's."""
+    """A treq client with a persistent connection pool (page fetches reuse connections)."""
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 8
     pool.cachedConnectionTimeout = 120
-    policy = BrowserLikePolicyForHTTPS()
-    bundle = ca_bundle_path()
-    if bundle is not None:
-        with open(bundle, "rb") as f:
-            pem = f.read()
-        certificates = [ssl.Certificate.loadPEM(b"-----BEGIN CERTIFICATE-----" + part)
-                        for part in pem.split(b"-----BEGIN CERTIFICATE-----")[1:]]
-        policy = BrowserLikePolicyForHTTPS(trustRoot=ssl.trustRootFromCertificates(certificates))
     # Idle kept-alive connections would otherwise outlive the service on shutdown.
     reactor.addSystemEventTrigger("before", "shutdown", pool.closeCachedConnections)
-    return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+    return HTTPClient(Agent(reactor, contextFactory=LazyTrustPolicy(), pool=pool))
