@@ -23,6 +23,7 @@ from twisted.web.server import Request, Site
 
 from devpitx.web.errors import ApiError, render_error
 from devpitx.web.negotiate import outside_url
+from devpitx.web.proxy import WriteProxy
 from devpitx.web.routes import Router
 
 log = Logger(namespace="devpitx.web")
@@ -140,8 +141,9 @@ class App:
     """
 
     def __init__(self, router: Router, configured_outside_url: str | None,
-                 identity_headers: Callable[[], dict[bytes, bytes]]) -> None:
+                 identity_headers: Callable[[], dict[bytes, bytes]], write_proxy: WriteProxy | None = None) -> None:
         self._router = router
+        self._write_proxy = write_proxy
         self._configured_outside_url = configured_outside_url
         self._identity_headers = identity_headers
         self.klein = Klein()
@@ -159,6 +161,10 @@ class App:
         prefix = outside_url(request, self._configured_outside_url).prefix
         if prefix and (path == prefix or path.startswith(prefix + "/")):
             path = path[len(prefix):] or "/"
+        if self._write_proxy is not None and self._write_proxy.applies_to(request):
+            # A replica: writes happen on the primary (replication.md §6).
+            relayed = Deferred.fromCoroutine(self._write_proxy.relay(request, path))
+            return relayed.addCallback(lambda body: finish_bytes(request, body))
         handler, params = self._router.resolve(request, path)
         result = handler(request, **params)
         if isinstance(result, bytes):
@@ -181,8 +187,8 @@ class App:
 
 
 def make_app(router: Router, configured_outside_url: str | None,
-             identity_headers: Callable[[], dict[bytes, bytes]]) -> App:
-    return App(router, configured_outside_url, identity_headers)
+             identity_headers: Callable[[], dict[bytes, bytes]], write_proxy: WriteProxy | None = None) -> App:
+    return App(router, configured_outside_url, identity_headers, write_proxy)
 
 
 def finish_bytes(request: IRequest, body: bytes) -> bytes:
