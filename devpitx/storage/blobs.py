@@ -98,6 +98,38 @@ class BlobStore:
             Path(name).unlink(missing_ok=True)
         return sha256, size
 
+    def stage_external(self, src: Path, *, hard_link: bool) -> Path:
+        """A private file in tmp/ with the content of ``src`` (a file outside the store), to be
+        verified and then ``adopt``ed; the caller removes it if it is not adopted.
+
+        ``hard_link``: share ``src``'s inode instead of copying (falls back to a
+        copy across filesystems). The blob then changes if ``src`` is changed in
+        place, which is what an operator asking for hard links accepts.
+        """
+        fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="external-")
+        tmp = Path(name)
+        try:
+            if hard_link:
+                os.close(fd)
+                fd = -1
+                tmp.unlink()
+                try:
+                    os.link(src, tmp)
+                    return tmp
+                except OSError:
+                    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            out = os.fdopen(fd, "wb")
+            fd = -1  # owned by ``out`` now
+            with out, open(src, "rb") as inp:
+                while chunk := inp.read(COPY_CHUNK_BYTES):
+                    out.write(chunk)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp
+
     def relpath_path(self, relpath: str) -> Path:
         parts = relpath.split("/")
         if any(p in ("", ".", "..") or "\x00" in p for p in parts):

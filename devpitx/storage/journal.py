@@ -53,13 +53,17 @@ class Journal:
     def path_for(self, serial: int) -> Path:
         return self.root / f"{serial // 1_000_000:03d}" / f"{serial // 1000 % 1000:03d}" / f"{serial:09d}.json"
 
-    def append(self, entry: Entry) -> None:
-        """Durably publish ``entry``; it must be the next serial."""
+    def append(self, entry: Entry, raw: bytes | None = None) -> None:
+        """Durably publish ``entry``; it must be the next serial.
+
+        ``raw``: the entry's encoding as another node stored it (replicas copy
+        the primary's journal byte for byte); by default ``entry.to_bytes()``.
+        """
         if entry.serial != self.last_serial + 1:
             raise JournalCorrupt(f"serial {entry.serial} does not follow {self.last_serial}")
         path = self.path_for(entry.serial)
         make_dirs(path.parent)
-        publish_new(path, entry.to_bytes())
+        publish_new(path, entry.to_bytes() if raw is None else raw)
         self.last_serial = entry.serial
 
     def read_bytes(self, serial: int) -> bytes:

@@ -10,6 +10,13 @@ Commit order (DESIGN.md §2), the contract every crash test checks:
 A crash before 2 leaves the previous serial; a crash after 2 is completed by
 replay on the next open.
 
+On a replica (``replica=True``) the serials are the primary's: ``write`` is
+refused and only :meth:`Store.apply_replicated` commits, appending the
+primary's journal entries with their own serials through steps 2-4 above.
+Their blobs arrive later (file replication): an entry whose blob is missing
+simply has no ``+files/`` link until :meth:`Store.adopt_replicated_blob`
+stores the blob, without a serial of its own.
+
 Opening reads ``cache/state-snapshot.json`` (all keys at some serial, written
 at close and every SNAPSHOT_EVERY commits) instead of walking thousands of
 key files, then replays the journal after it. The snapshot is derived data:
@@ -22,7 +29,7 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -35,6 +42,9 @@ from devpitx.storage.keys import relpath_of_file_key
 from devpitx.storage.serials import SerialWaiter
 from devpitx.storage.state import StateTree
 from devpitx.storage.txn import WriteTxn
+
+if TYPE_CHECKING:
+    from devpitx.runtime import RunBlocking
 
 CommitListener = Callable[[int, Mapping[str, Any]], None]
 Checkpoint = Callable[[str], None]
@@ -54,6 +64,14 @@ class StoreBroken(Exception):
     """A commit failed after its journal entry became durable; the process must restart."""
 
 
+class ReplicaReadOnly(Exception):
+    """A local write on a replica: its serials are the primary's, a local commit would fork them."""
+
+
+class ReplicationRefused(ValueError):
+    """A replicated entry that cannot be applied (not the next serial, malformed); nothing changed."""
+
+
 def _no_checkpoint(step: str) -> None:
     return None
 
@@ -62,8 +80,10 @@ class Store:
     log = Logger()
 
     def __init__(self, serverdir: Path, clock: IReactorTime, *, checkpoint: Checkpoint = _no_checkpoint,
-                 background_flush: bool = False) -> None:
+                 background_flush: bool = False, replica: bool = False) -> None:
         self.serverdir = serverdir
+        # Settable after opening (the role is known once .nodeinfo is read): True refuses write().
+        self.replica = replica
         self._clock = clock
         self._checkpoint = checkpoint
         self._lock_file: TextIO | None = None
@@ -74,6 +94,8 @@ class Store:
         self._background_flush = background_flush
         self._flusher: StateFlusher | None = None
         self._snapshot_serial = -1
+        # sha256 -> file keys whose +files links need that blob; built on first use (replicas).
+        self._digest_index: dict[str, set[str]] | None = None
         self.journal: Journal
         self.state: StateTree
         self.blobs: BlobStore
@@ -82,13 +104,15 @@ class Store:
     # -- opening --------------------------------------------------------------------------
     @classmethod
     def open(cls, serverdir: Path, clock: IReactorTime, *, checkpoint: Checkpoint = _no_checkpoint,
-             background_flush: bool = False) -> Store:
+             background_flush: bool = False, replica: bool = False) -> Store:
         """Lock the directory, drop leftovers of interrupted work and replay the journal.
 
         ``background_flush``: write state files in a thread after each commit
         (the server) instead of before the commit returns (tests, admin commands).
+        ``replica``: refuse ``write()``; only ``apply_replicated`` commits.
         """
-        store = cls(serverdir, clock, checkpoint=checkpoint, background_flush=background_flush)
+        store = cls(serverdir, clock, checkpoint=checkpoint, background_flush=background_flush,
+                    replica=replica)
         make_dirs(serverdir)
         store._lock()
         try:
@@ -207,9 +231,20 @@ class Store:
         """Called after each commit with (serial, changes); for derived caches."""
         self._listeners.append(listener)
 
+    def remove_listener(self, listener: CommitListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def file_relpaths(self) -> list[str]:
+        """The relpath of every file entry (tombstones included), as of now."""
+        return [relpath_of_file_key(key) for key, _value in self.state.items() if key.startswith("file/")]
+
     # -- writes ---------------------------------------------------------------------------
     @contextmanager
     def write(self) -> Iterator[WriteTxn]:
+        if self.replica:
+            raise ReplicaReadOnly("this server is a replica: its data changes only through replication "
+                                  "from the primary")
         if self._broken:
             raise StoreBroken(self._broken)
         if self._in_txn:
@@ -230,9 +265,41 @@ class Store:
             return
         self._check_applicable(changes)
         entry = Entry(serial=self.journal.last_serial + 1, at=tx.at, changes=changes, blobs=tuple(tx.blobs))
+        self._publish(entry)
+        tx.serial = entry.serial
+
+    def apply_replicated(self, entry: Entry, raw: bytes | None = None) -> None:
+        """Commit the primary's journal entry ``entry`` with its own serial, time and blobs.
+
+        ``raw``: the entry's bytes as the primary stored them (the stream's
+        line), written verbatim so the journal is a byte-for-byte copy; it
+        must be the encoding ``entry`` was parsed from. ``entry.serial`` must
+        be exactly the next serial: anything else raises ReplicationRefused
+        and changes nothing (replicating it would fork the history). Blobs
+        the entry names need not be here yet.
+        """
+        if self._broken:
+            raise StoreBroken(self._broken)
+        if self._in_txn:
+            raise RuntimeError("replicated entry applied inside a write transaction")
+        expected = self.journal.last_serial + 1
+        if entry.serial != expected:
+            raise ReplicationRefused(f"replicated serial {entry.serial} is not the next serial {expected}")
+        problem = _malformed(entry)
+        if problem:
+            raise ReplicationRefused(f"replicated serial {entry.serial}: {problem}")
+        try:
+            self._check_applicable(entry.changes)
+        except ValueError as exc:
+            raise ReplicationRefused(f"replicated serial {entry.serial}: {exc}") from None
+        self._publish(entry, raw)
+
+    def _publish(self, entry: Entry, raw: bytes | None = None) -> None:
+        """Steps 2-4 of the commit order for ``entry``, the next serial, already checked applicable."""
+        changes = entry.changes
         self._checkpoint("before-journal")
         try:
-            self.journal.append(entry)
+            self.journal.append(entry, raw)
         except BaseException:
             if self.journal.path_for(entry.serial).exists():
                 # Published but not confirmed durable: only a restart can tell.
@@ -241,6 +308,7 @@ class Store:
             raise
         try:
             self._checkpoint("after-journal")
+            self._update_digest_index(entry.changes)
             self.state.apply_in_memory(entry.changes)
             self.state.serial = entry.serial
             assert self._flusher is not None
@@ -252,11 +320,75 @@ class Store:
             serial, items = entry.serial, self.state.snapshot_items()
             self._snapshot_serial = serial
             self._flusher.submit_job(lambda: self._write_snapshot(serial, items))
-        tx.serial = entry.serial
         self.last_commit_at = entry.at
         self.waiter.committed(entry.serial)
         for listener in self._listeners:
             listener(entry.serial, changes)
+
+    # -- blobs that arrive after their entries (replicas) -------------------------------------
+    async def adopt_replicated_blob(self, src: Path, sha256: str, run_blocking: RunBlocking) -> list[str]:
+        """Store the downloaded, verified file ``src`` as blob ``sha256`` (no serial) and link it.
+
+        The caller vouches for ``sha256`` (it hashed ``src``). Returns the
+        relpaths of the current file entries whose ``+files/`` links now point
+        at it (``<relpath>.metadata`` for core metadata).
+        """
+        await run_blocking(self.blobs.adopt, src, sha256)
+        return self.link_blob(sha256)
+
+    def link_blob(self, sha256: str) -> list[str]:
+        """Create the ``+files/`` links of every current file entry that names blob ``sha256``
+        (none while the blob is not stored); returns their relpaths.
+
+        Goes through the state flusher like a commit's links, in order with
+        them: a later commit of the same key wins. The key's current value
+        is re-submitted, which rewrites its (unchanged) state file; replay
+        after a crash only covers journal entries, so a blob adopted just
+        before a crash is linked again by the next file replication pass.
+        """
+        if self._broken:
+            raise StoreBroken(self._broken)
+        keys = sorted(self._digest_keys().get(sha256, ()))
+        if not keys or not self.blobs.has(sha256):
+            return []
+        assert self._flusher is not None
+        self._flusher.submit({key: self.state.get(key) for key in keys}, self.serial)
+        linked = []
+        for key in keys:
+            relpath = relpath_of_file_key(key)
+            content, metadata = link_digests(self.state.get(key))
+            if content == sha256:
+                linked.append(relpath)
+            if metadata == sha256:
+                linked.append(relpath + ".metadata")
+        return linked
+
+    def _digest_keys(self) -> dict[str, set[str]]:
+        if self._digest_index is None:
+            index: dict[str, set[str]] = {}
+            for key, value in self.state.items():
+                if key.startswith("file/"):
+                    for digest in link_digests(value):
+                        if isinstance(digest, str):
+                            index.setdefault(digest, set()).add(key)
+            self._digest_index = index
+        return self._digest_index
+
+    def _update_digest_index(self, changes: Mapping[str, Any]) -> None:
+        index = self._digest_index
+        if index is None:
+            return  # nobody asked yet: built from the state when first needed
+        for key, value in changes.items():
+            if not key.startswith("file/"):
+                continue
+            for digest in link_digests(self.state.get(key)):
+                if isinstance(digest, str) and digest in index:
+                    index[digest].discard(key)
+                    if not index[digest]:
+                        del index[digest]
+            for digest in link_digests(value):
+                if isinstance(digest, str):
+                    index.setdefault(digest, set()).add(key)
 
     def _write_batch(self, changes: Mapping[str, Any], serial: int) -> None:
         """Make state/ and +files/ reflect ``changes``, the merged changes of all entries up to
@@ -297,6 +429,17 @@ class Store:
             self.blobs.link_relpath(relpath + ".metadata", metadata_sha256)
         else:
             self.blobs.unlink_relpath(relpath + ".metadata")
+
+
+def _malformed(entry: Entry) -> str | None:
+    """Why a replicated entry is not a journal entry this store could have written, or None."""
+    if isinstance(entry.at, bool) or not isinstance(entry.at, (int, float)):
+        return f"'at' is not a number: {entry.at!r}"
+    if not isinstance(entry.changes, dict) or not all(isinstance(k, str) and k for k in entry.changes):
+        return "'changes' is not an object of keys"
+    if not all(isinstance(b, str) for b in entry.blobs):
+        return "'blobs' is not a list of digests"
+    return None
 
 
 def link_digests(entry: Any) -> tuple[Any, Any]:
