@@ -11,11 +11,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 DEFAULT_SERVERDIR = "~/.devpitx/server"
 DEFAULT_HOST = "localhost"
 DEFAULT_PORT = 3141
 DEFAULT_MAX_REQUEST_BODY_BYTES = 1024 * 1024 * 1024
+DEFAULT_FILE_REPLICATION_THREADS = 5
+DEFAULT_PROXY_TIMEOUT_SECONDS = 30.0
+# --role values; "master" is the legacy spelling of "primary" and is normalised away here.
+ROLES = ("auto", "standalone", "primary", "master", "replica")
 
 
 class ConfigError(Exception):
@@ -44,6 +49,16 @@ class Config:
     request_timeout: float = 5.0
     offline_mode: bool = False
     threads: int = 4
+    # Replication (spec/cli.md §2.2). ``role`` is what was asked for ("master" already
+    # normalised to "primary"); the role the node runs with is decided by replica/roles.py.
+    role: str = "auto"
+    primary_url: str | None = None               # validated: http(s), no credentials, no trailing "/"
+    replica_file_search_path: Path | None = None
+    hard_links: bool = False
+    file_replication_threads: int = DEFAULT_FILE_REPLICATION_THREADS
+    file_replication_skip_indexes: tuple[str, ...] = ()
+    proxy_timeout: float = DEFAULT_PROXY_TIMEOUT_SECONDS
+    replica_streaming: bool = True
 
     @classmethod
     def from_options(cls, opts: Mapping[str, Any]) -> Config:
@@ -87,6 +102,16 @@ class Config:
             request_timeout=float(opts.get("request-timeout", 5.0)),
             offline_mode=bool(opts.get("offline-mode")),
             threads=max(1, min(_int(opts.get("threads", 4), "threads"), 64)),
+            role=_role(opts.get("role") or "auto"),
+            primary_url=primary_url_from_options(opts.get("primary-url") or None, opts.get("master-url") or None),
+            replica_file_search_path=_existing_path(opts.get("replica-file-search-path") or None,
+                                                    "replica-file-search-path"),
+            hard_links=bool(opts.get("hard-links")),
+            file_replication_threads=_non_negative_int(
+                opts.get("file-replication-threads", DEFAULT_FILE_REPLICATION_THREADS), "file-replication-threads"),
+            file_replication_skip_indexes=_skip_indexes(opts.get("file-replication-skip-indexes") or ""),
+            proxy_timeout=_positive_float(opts.get("proxy-timeout", DEFAULT_PROXY_TIMEOUT_SECONDS), "proxy-timeout"),
+            replica_streaming=not opts.get("no-replica-streaming"),
         )
 
 
@@ -95,6 +120,79 @@ def _int(value: Any, name: str) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise ConfigError(f"--{name} must be an integer, got {value!r}") from None
+
+
+def _non_negative_int(value: Any, name: str) -> int:
+    number = _int(value, name)
+    if number < 0:
+        raise ConfigError(f"--{name} must not be negative, got {number}")
+    return number
+
+
+def _positive_float(value: Any, name: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--{name} must be a number, got {value!r}") from None
+    if not number > 0:     # also refuses NaN
+        raise ConfigError(f"--{name} must be positive, got {value!r}")
+    return number
+
+
+def _role(value: str) -> str:
+    if value not in ROLES:
+        raise ConfigError(f"--role must be one of {', '.join(ROLES)}, got {value!r}")
+    return "primary" if value == "master" else value
+
+
+def primary_url_from_options(primary_url: str | None, master_url: str | None) -> str | None:
+    """``--primary-url`` or its deprecated alias ``--master-url`` (never both), validated."""
+    if primary_url and master_url:
+        raise ConfigError("Can't use both --master-url and --primary-url")
+    url = primary_url or master_url
+    return check_primary_url(url) if url else None
+
+
+def check_primary_url(url: str) -> str:
+    """A usable primary URL without its trailing "/", else ``ConfigError``.
+
+    Credentials in the URL are refused rather than stripped: replicas authenticate with
+    the shared secret's token, and a password in a URL ends up in logs and in ``.nodeinfo``.
+    The message never repeats the URL, so it cannot leak the password either.
+    """
+    try:
+        parts = urlsplit(url)
+        has_credentials = parts.username is not None or parts.password is not None
+        host = parts.hostname
+        _ = parts.port     # raises ValueError for a port that is not a number
+    except ValueError:
+        raise ConfigError(f"--primary-url is not a valid URL: {url!r}") from None
+    if has_credentials:
+        raise ConfigError("--primary-url must not contain credentials (user:password@host): "
+                          "replicas authenticate with the shared --secretfile")
+    if parts.scheme not in ("http", "https") or not host:
+        raise ConfigError(f"--primary-url must be an http(s) URL, got {url!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"--primary-url must not have a query or fragment, got {url!r}")
+    return url.rstrip("/")
+
+
+def _existing_path(value: str | None, name: str) -> Path | None:
+    if value is None:
+        return None
+    path = Path(os.path.expanduser(value)).absolute()
+    if not path.exists():
+        raise ConfigError(f"The path '{path}' given by --{name} doesn't exist.")
+    return path
+
+
+def _skip_indexes(value: str) -> tuple[str, ...]:
+    """``all``, index types (``mirror``) and ``user/index`` names; ``all`` stands alone."""
+    names = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+    if "all" in names and len(names) > 1:
+        raise ConfigError("--file-replication-skip-indexes: 'all' can't be combined with other values, "
+                          f"got {value!r}")
+    return names
 
 
 def tcp_endpoint(host: str, port: int) -> str:

@@ -1,6 +1,8 @@
 """twistd plugin options: devpi-server's names, environment variables, config built from them."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from twisted.python import usage
 
@@ -65,3 +67,88 @@ def test_unknown_storage_backend_is_refused() -> None:
 def test_bad_integer_is_a_config_error() -> None:
     with pytest.raises(ConfigError):
         parse(["--max-request-body-size", "lots"])
+
+
+# -- replication options (spec/cli.md §2.2) ----------------------------------------------------------
+def test_replication_defaults() -> None:
+    config = parse([])
+    assert (config.role, config.primary_url, config.replica_file_search_path) == ("auto", None, None)
+    assert (config.file_replication_threads, config.file_replication_skip_indexes) == (5, ())
+    assert (config.proxy_timeout, config.replica_streaming, config.hard_links) == (30.0, True, False)
+
+
+def test_replication_options(tmp_path: Path) -> None:
+    config = parse(["--primary-url", "https://primary.test:8443/devpi/", "--replica-file-search-path",
+                    str(tmp_path), "--hard-links", "--file-replication-threads", "2",
+                    "--file-replication-skip-indexes", "mirror, root/pypi,,mirror", "--proxy-timeout", "2.5",
+                    "--no-replica-streaming"])
+    assert config.primary_url == "https://primary.test:8443/devpi"
+    assert config.replica_file_search_path == tmp_path
+    assert config.hard_links is True
+    assert config.file_replication_threads == 2
+    assert config.file_replication_skip_indexes == ("mirror", "root/pypi")
+    assert config.proxy_timeout == 2.5
+    assert config.replica_streaming is False
+    assert parse(["--file-replication-skip-indexes", "all"]).file_replication_skip_indexes == ("all",)
+
+
+def test_roles_and_the_legacy_spelling() -> None:
+    for role in ("auto", "standalone", "primary", "replica"):
+        assert parse(["--role", role]).role == role
+    assert parse(["--role", "master"]).role == "primary"
+    with pytest.raises(usage.UsageError, match="--role must be one of"):
+        parse(["--role", "leader"])
+
+
+def test_master_url_is_an_alias_but_not_both() -> None:
+    assert parse(["--master-url", "http://primary.test"]).primary_url == "http://primary.test"
+    with pytest.raises(ConfigError, match="Can't use both --master-url and --primary-url"):
+        parse(["--master-url", "http://a.test", "--primary-url", "http://b.test"])
+
+
+def test_primary_url_with_credentials_is_fatal_without_showing_them() -> None:
+    for url in ("http://user:secret-pw@primary.test", "http://user@primary.test"):
+        with pytest.raises(ConfigError, match="must not contain credentials") as caught:
+            parse(["--primary-url", url])
+        assert "secret-pw" not in str(caught.value)
+    for url in ("ftp://primary.test", "primary.test", "http://", "http://primary.test:port"):
+        with pytest.raises(ConfigError, match="--primary-url"):
+            parse(["--primary-url", url])
+
+
+def test_replica_file_search_path_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="doesn't exist"):
+        parse(["--replica-file-search-path", str(tmp_path / "missing")])
+
+
+def test_skip_all_cannot_be_mixed() -> None:
+    with pytest.raises(ConfigError, match="'all' can't be combined"):
+        parse(["--file-replication-skip-indexes", "all,mirror"])
+
+
+def test_bad_replication_numbers() -> None:
+    for argv in (["--file-replication-threads", "many"], ["--file-replication-threads", "-1"],
+                 ["--proxy-timeout", "soon"], ["--proxy-timeout", "0"]):
+        with pytest.raises(ConfigError):
+            parse(argv)
+
+
+def test_replication_environment_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DEVPISERVER_ROLE", "replica")
+    monkeypatch.setenv("DEVPISERVER_PRIMARY_URL", "http://primary.test/")
+    monkeypatch.setenv("DEVPISERVER_REPLICA_FILE_SEARCH_PATH", str(tmp_path))
+    monkeypatch.setenv("DEVPISERVER_HARD_LINKS", "on")
+    monkeypatch.setenv("DEVPISERVER_FILE_REPLICATION_THREADS", "3")
+    monkeypatch.setenv("DEVPISERVER_FILE_REPLICATION_SKIP_INDEXES", "mirror")
+    monkeypatch.setenv("DEVPISERVER_PROXY_TIMEOUT", "7")
+    monkeypatch.setenv("DEVPISERVER_NO_REPLICA_STREAMING", "true")
+    config = parse([])
+    assert (config.role, config.primary_url, config.replica_file_search_path) == (
+        "replica", "http://primary.test", tmp_path)
+    assert (config.hard_links, config.file_replication_threads, config.file_replication_skip_indexes) == (
+        True, 3, ("mirror",))
+    assert (config.proxy_timeout, config.replica_streaming) == (7.0, False)
+    assert parse(["--primary-url", "http://cli.test"]).primary_url == "http://cli.test"
+    monkeypatch.setenv("DEVPISERVER_MASTER_URL", "http://legacy.test")
+    with pytest.raises(ConfigError, match="Can't use both"):
+        parse([])

@@ -20,6 +20,8 @@ def fatal(message: str) -> int:
 
 def cmd_init(argv: list[str]) -> int:
     from devpitx.cli.admin import init_serverdir
+    from devpitx.config import ROLES, ConfigError, primary_url_from_options
+    from devpitx.replica.roles import RoleError, choose_role
     from devpitx.storage.nodeinfo import ServerDirError
     from devpitx.storage.store import StoreLocked
 
@@ -29,7 +31,11 @@ def cmd_init(argv: list[str]) -> int:
     parser.add_argument("--root-passwd", default="", help="initial root password (default: empty)")
     parser.add_argument("--root-passwd-hash", default=None, help="initial root password hash")
     parser.add_argument("--root-passwd-from-stdin", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--role", default="standalone", choices=["standalone", "primary", "auto"])
+    parser.add_argument("--role", default=os.environ.get("DEVPISERVER_ROLE") or "auto", choices=ROLES)
+    parser.add_argument("--primary-url", default=os.environ.get("DEVPISERVER_PRIMARY_URL") or None,
+                        help="initialise an empty replica of this primary")
+    parser.add_argument("--master-url", default=os.environ.get("DEVPISERVER_MASTER_URL") or None,
+                        help=argparse.SUPPRESS)     # deprecated alias of --primary-url
     # Accepted like devpi-init does, so deployment scripts can pass the same options to
     # every command; init derives no keys, so they have no effect here.
     for option in ("--argon2-memory-cost", "--argon2-parallelism", "--argon2-time-cost", "--storage",
@@ -39,9 +45,10 @@ def cmd_init(argv: list[str]) -> int:
     password = sys.stdin.read() if args.root_passwd_from_stdin else args.root_passwd
     serverdir = Path(os.path.expanduser(args.serverdir)).absolute()
     try:
+        choice = choose_role(None, None, args.role, primary_url_from_options(args.primary_url, args.master_url))
         init_serverdir(serverdir, root_password=password, root_pwhash=args.root_passwd_hash,
-                       no_root_pypi=args.no_root_pypi)
-    except (ServerDirError, StoreLocked) as exc:
+                       no_root_pypi=args.no_root_pypi, role=choice.role, primary_url=choice.primary_url)
+    except (ConfigError, RoleError, ServerDirError, StoreLocked) as exc:
         return fatal(str(exc))
     print(f"initialised {serverdir}")
     return 0

@@ -9,8 +9,7 @@ import gc
 import os
 import subprocess
 import sys
-
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application import strports
 from twisted.application.service import IService, MultiService, Service
@@ -21,8 +20,11 @@ from twisted.python import usage
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
-from devpitx.config import DEFAULT_SERVERDIR, Config
+from devpitx.config import DEFAULT_SERVERDIR, ROLES, Config, ConfigError
 from devpitx.version import DEVPI_SERVER_COMPAT_VERSION, DEVPITX_VERSION
+
+if TYPE_CHECKING:
+    from devpitx.storage.nodeinfo import NodeInfo
 
 log = Logger(namespace="devpitx.cli.tap")
 
@@ -46,7 +48,14 @@ class Options(usage.Options):
         ["mirror-cache-expiry", None, "1800", "default seconds before mirrored project pages are revalidated"],
         ["request-timeout", None, "5", "timeout in seconds for upstream requests"],
         ["threads", None, "4", "size of the pool for blocking work (disk, hashing)"],
-        ["role", None, "auto", "auto, standalone, primary or replica"],
+        ["role", None, "auto", "auto, standalone, primary (legacy: master) or replica (spec/cli.md §2.3)"],
+        ["primary-url", None, None, "run as a replica of the primary at this URL (no credentials in it)"],
+        ["master-url", None, None, "deprecated alias of --primary-url"],
+        ["replica-file-search-path", None, None, "replica: look for release files here before downloading them"],
+        ["file-replication-threads", None, "5", "replica: number of parallel file downloads"],
+        ["file-replication-skip-indexes", None, None,
+         "replica: comma list of user/index names or index types (mirror) not to replicate files of, or 'all'"],
+        ["proxy-timeout", None, "30", "replica: seconds to wait for the primary when relaying a write"],
         ["storage", None, None, "storage backend (accepted for compatibility: only the default exists)"],
         ["keyfs-cache-size", None, None, "accepted for compatibility; unused"],
         ["connection-limit", None, None, "accepted for compatibility; unused"],
@@ -56,6 +65,8 @@ class Options(usage.Options):
         ["no-root-pypi", None, "do not create root/pypi when initialising"],
         ["absolute-urls", None, "absolute links in simple pages"],
         ["offline-mode", None, "never contact upstream indexes"],
+        ["hard-links", None, "hard-link files instead of copying them (replica file search path)"],
+        ["no-replica-streaming", None, "replica: fetch changes as JSON lists instead of a stream"],
     ]
 
     def __init__(self) -> None:
@@ -96,6 +107,8 @@ class Options(usage.Options):
         sys.exit(0)
 
     def postOptions(self) -> None:
+        if self["role"] not in ROLES:
+            raise usage.UsageError(f"--role must be one of {', '.join(ROLES)}, got {self['role']!r}")
         storage = self["storage"]
         if storage and storage.split(":")[0] not in ("sqlite", "fs", "devpitx"):
             raise usage.UsageError(f"The backend '{storage.split(':')[0]}' can't be found, is the plugin not installed?")
@@ -142,11 +155,12 @@ class StoreService(Service):
         self._close()
 
 
-def initialise_in_child(config: Config) -> None:
+def initialise_in_child(config: Config, role: str = "standalone") -> None:
     """Run ``devpitx init`` in a child process: hashing the root password with the reference
-    argon2 parameters takes 100 MiB, which should not stay in the server's peak RSS."""
+    argon2 parameters takes 100 MiB, which should not stay in the server's peak RSS.
+    ``role`` is standalone or primary (replicas start empty: ``init_replica_serverdir``)."""
     command = [sys.executable, "-m", "devpitx.cli.main", "init", "--serverdir", str(config.serverdir),
-               "--root-passwd-from-stdin"]
+               "--root-passwd-from-stdin", "--role", role]
     if config.no_root_pypi:
         command.append("--no-root-pypi")
     if config.root_passwd_hash:
@@ -170,29 +184,66 @@ def makeService(options: Options) -> IService:
         gc.enable()
 
 
+def prepare_node(config: Config) -> NodeInfo:
+    """Initialise a missing server directory and record this start's role in ``.nodeinfo``.
+
+    Runs before the store is opened, so that nothing reads a directory whose role is
+    not settled yet. Raises ``RoleError`` / ``ServerDirError`` with the fatal message.
+    """
+    from devpitx.cli.admin import init_replica_serverdir
+    from devpitx.replica.roles import REPLICA, apply_role, choose_role
+    from devpitx.storage import nodeinfo
+
+    if config.serverdir.exists():
+        nodeinfo.refuse_foreign(config.serverdir)
+    if not nodeinfo.is_initialised(config.serverdir):
+        first = choose_role(None, None, config.role, config.primary_url)
+        if first.role == REPLICA:
+            assert first.primary_url is not None
+            init_replica_serverdir(config.serverdir, first.primary_url)    # nothing to hash: in process
+        else:
+            initialise_in_child(config, first.role)
+    stored = nodeinfo.load(config.serverdir)
+    node = apply_role(stored, config.role, config.primary_url)
+    if node != stored:
+        nodeinfo.save(config.serverdir, node)
+        log.info("role {role} recorded in {serverdir}", role=node.role, serverdir=str(config.serverdir))
+    return node
+
+
 def _make_service(options: Options) -> IService:
-    from twisted.internet import reactor as _reactor  # the only module that names the reactor
+    from twisted.internet import (
+        reactor as _reactor,  # the only module that names the reactor
+    )
 
     reactor: Any = _reactor
 
     from devpitx.auth.passwords import Passwords
     from devpitx.auth.processpool import ProcessPoolRunner
-    from devpitx.auth.secret import Argon2Params, SecretError, derive_keys_cached, read_secret_file
+    from devpitx.auth.secret import (
+        Argon2Params,
+        SecretError,
+        derive_keys_cached,
+        read_secret_file,
+    )
     from devpitx.auth.tokens import LoginTokens
     from devpitx.mirror.upstream import make_http_client
+    from devpitx.replica.roles import RoleError
     from devpitx.runtime import HeapFreezer, ThreadPoolService
     from devpitx.server import Server
     from devpitx.storage import nodeinfo
     from devpitx.storage.store import Store, StoreLocked
 
-    config = Config.from_options(options)
     try:
-        nodeinfo.refuse_foreign(config.serverdir) if config.serverdir.exists() else None
-        if not nodeinfo.is_initialised(config.serverdir):
-            initialise_in_child(config)
-        node = nodeinfo.load(config.serverdir)
+        config = Config.from_options(options)
+    except ConfigError as exc:
+        raise SystemExit(f"fatal: {exc}") from None
+    if options.get("master-url"):
+        log.warn("The --master-url option is deprecated, use --primary-url instead.")
+    try:
+        node = prepare_node(config)
         store = Store.open(config.serverdir, reactor, background_flush=True)
-    except (nodeinfo.ServerDirError, StoreLocked) as exc:
+    except (nodeinfo.ServerDirError, RoleError, StoreLocked) as exc:
         raise SystemExit(f"fatal: {exc}") from None
     try:
         secret_path = config.secretfile or config.serverdir / ".secret"

@@ -63,9 +63,11 @@ def load(serverdir: Path) -> NodeInfo:
         raise ServerDirError(f"The path '{serverdir}' contains no devpi-server data, use devpi-init to initialize.")
     raw = json.loads(path.read_text())
     known = {"uuid", "role", "masterurl", "primary-uuid", "master-uuid"}
+    role = raw.get("role") or "standalone"
     return NodeInfo(
         uuid=raw["uuid"],
-        role=raw.get("role", "standalone"),
+        # devpi-server's directories and older devpitx ones may say "master".
+        role="primary" if role == "master" else role,
         primary_url=raw.get("masterurl"),
         primary_uuid=raw.get("primary-uuid") or raw.get("master-uuid"),
         extra={k: v for k, v in raw.items() if k not in known},
