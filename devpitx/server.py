@@ -13,10 +13,11 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import IResource
 
 from devpitx.auth.passwords import Passwords
-from devpitx.auth.tokens import LoginTokens
+from devpitx.auth.tokens import LoginTokens, ReplicaTokens
 from devpitx.config import Config
 from devpitx.mirror.mirrors import Mirrors
 from devpitx.mirror.upstream import MirrorSettings
+from devpitx.replica.polling import PollingReplicas
 from devpitx.runtime import RunBlocking
 from devpitx.storage.nodeinfo import NodeInfo
 from devpitx.storage.store import Store
@@ -29,7 +30,7 @@ from devpitx.web.routes import Router
 class Server:
     def __init__(self, config: Config, store: Store, node: NodeInfo, *, clock: IReactorTime,
                  run_disk: RunBlocking, passwords: Passwords, login_tokens: LoginTokens,
-                 http: Any = None) -> None:
+                 http: Any = None, replica_tokens: ReplicaTokens | None = None) -> None:
         self.config = config
         self.store = store
         self.node = node
@@ -39,7 +40,12 @@ class Server:
         self.login_tokens = login_tokens
         self.http = http
         self.started_at = clock.seconds()
-        self.identity = RequestIdentity(store, passwords, login_tokens, clock, config.restrict_modify)
+        # Replica tokens sign the requests a replica sends to its primary; only a primary
+        # accepts them (auth.md §9).
+        self.replica_tokens = replica_tokens
+        self.polling_replicas = PollingReplicas(clock)
+        self.identity = RequestIdentity(store, passwords, login_tokens, clock, config.restrict_modify,
+                                        replica_tokens if node.role == "primary" else None)
         # Without an HTTP client (most in-process tests) mirrors behave as in offline mode.
         self.mirrors = Mirrors(store, http, clock, run_disk, MirrorSettings(
             request_timeout=config.request_timeout, default_cache_expiry=config.mirror_cache_expiry,

@@ -226,7 +226,7 @@ def _make_service(options: Options) -> IService:
         derive_keys_cached,
         read_secret_file,
     )
-    from devpitx.auth.tokens import LoginTokens
+    from devpitx.auth.tokens import LoginTokens, ReplicaTokens
     from devpitx.mirror.upstream import make_http_client
     from devpitx.replica.roles import RoleError
     from devpitx.runtime import HeapFreezer, ThreadPoolService
@@ -262,7 +262,8 @@ def _make_service(options: Options) -> IService:
     reactor.addSystemEventTrigger("after", "shutdown", argon.shutdown)
     server = Server(config, store, node, clock=reactor, run_disk=disk.runner(reactor),
                     passwords=Passwords(argon, clock=reactor), login_tokens=LoginTokens(keys.auth_key),
-                    http=None if config.offline_mode else make_http_client(reactor))
+                    http=None if config.offline_mode else make_http_client(reactor),
+                    replica_tokens=ReplicaTokens(keys.replica_key))
     site = server.site()
     frozen_at = [store.serial]
 

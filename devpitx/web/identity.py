@@ -2,6 +2,12 @@
 
 The result is cached on the request object so several checks in one request
 cost one token check or one (remembered) password verification.
+
+On a primary, a request with ``X-Devpi-Replica-Uuid`` and ``Authorization:
+Bearer <token>`` is a replica (auth.md §9): a valid token makes it ``+replica``
+(pkg_read everywhere, see auth/acl.py), an invalid one is refused with 403.
+User credentials in ``X-Devpi-Auth`` or Basic auth win over the bearer token,
+so a user's write relayed by a replica keeps the user's identity.
 """
 from __future__ import annotations
 
@@ -9,27 +15,67 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
-from devpitx.auth.acl import ANONYMOUS, REPLICA_USERNAME, Identity, has_permission
-from devpitx.auth.credentials import extract_credentials
+from devpitx.auth.acl import (
+    ANONYMOUS,
+    REPLICA,
+    REPLICA_USERNAME,
+    Identity,
+    has_permission,
+)
+from devpitx.auth.credentials import bearer_token, extract_credentials
 from devpitx.auth.passwords import Passwords
-from devpitx.auth.tokens import LoginTokens, TokenIdentity, TokenVerdict
+from devpitx.auth.tokens import (
+    LoginTokens,
+    ReplicaAuthError,
+    ReplicaTokens,
+    TokenIdentity,
+    TokenVerdict,
+)
 from devpitx.storage.keys import user_key
 from devpitx.storage.store import Store
 from devpitx.web.errors import ApiError, FrameworkError
 
 _CACHE_ATTR = "_devpitx_identity"
+REPLICA_UUID_HEADER = b"x-devpi-replica-uuid"
 
 
 class RequestIdentity:
+    log = Logger()
+
     def __init__(self, store: Store, passwords: Passwords, tokens: LoginTokens, clock: IReactorTime,
-                 restrict_modify: Sequence[str] | None) -> None:
+                 restrict_modify: Sequence[str] | None, replica_tokens: ReplicaTokens | None = None) -> None:
+        """``replica_tokens``: given on a primary only; elsewhere replica bearer tokens are ignored."""
         self._store = store
         self._passwords = passwords
         self._tokens = tokens
         self._clock = clock
         self.restrict_modify = restrict_modify
+        self._replica_tokens = replica_tokens
+        self._told_bearer_ignored = False
+
+    def replica_identity(self, request: IRequest) -> Identity | None:
+        """``+replica`` for a replica's valid token; None without replica credentials (or when
+        this server is not a primary); ``ApiError`` 403 with auth.md §9's message for a bad token."""
+        replica_uuid = request.getHeader(REPLICA_UUID_HEADER)
+        if replica_uuid is None:
+            return None     # a Bearer header alone is not a replica's (auth.md §9)
+        token = bearer_token(request.getHeader(b"authorization"))
+        if token is None:
+            return None
+        if self._replica_tokens is None:
+            if not self._told_bearer_ignored:
+                self._told_bearer_ignored = True
+                self.log.info("ignoring replica credentials: this server does not run with role primary")
+            return None
+        uuid_text = replica_uuid if isinstance(replica_uuid, str) else replica_uuid.decode("latin-1")
+        try:
+            self._replica_tokens.check(token, uuid_text, self._clock.seconds())
+        except ReplicaAuthError as exc:
+            raise ApiError(403, exc.message) from None
+        return REPLICA
 
     async def identify(self, request: IRequest) -> Identity:
         cached = getattr(request, _CACHE_ATTR, None)
@@ -42,7 +88,7 @@ class RequestIdentity:
     async def _identify(self, request: IRequest) -> Identity:
         creds = extract_credentials(request.getHeader(b"x-devpi-auth"), request.getHeader(b"authorization"))
         if creds is None:
-            return ANONYMOUS
+            return self.replica_identity(request) or ANONYMOUS
         if creds.username == REPLICA_USERNAME:
             raise ApiError(403, "Authorization malformed.")
         verdict = self._tokens.check(creds.secret, creds.username, self._clock.seconds())

@@ -66,7 +66,8 @@ class Routes:
             "event-serial-in-sync-at": now,
             "metrics": self._metrics(now),
             "role": "REPLICA" if is_replica else "MASTER",
-            "polling_replicas": {},
+            # Replicas following this server (replication.md §7.1); empty unless it is a primary.
+            "polling_replicas": server.polling_replicas.as_status(),
         }
         return envelope(request, "status", result)
 

@@ -31,6 +31,13 @@ class StatusTests(ServerTestCase):
         self.assertEqual(result["polling_replicas"], {})
         self.assertTrue(result["server-code"].endswith("devpitx"))
 
+    def test_polling_replicas(self) -> None:
+        self.server.polling_replicas.request_started("a" * 32, remote_ip="192.0.2.9", requested_serial=3,
+                                                     is_streaming=False, outside_url=None)
+        self.assertEqual(self.status()["polling_replicas"], {"a" * 32: {
+            "remote-ip": "192.0.2.9", "serial": 2, "in-request": True, "is-streaming": False,
+            "last-request": self.clock.seconds(), "outside-url": None}})
+
     def test_serial_follows_commits(self) -> None:
         self.clock.advance(10)
         self.add_user("alice")
