@@ -1,0 +1,401 @@
+"""Obtaining one blob a replicated file entry names (replication.md §5.2 steps 4-5, §5.3).
+
+:class:`BlobFetcher` runs at most one fetch per blob at a time, whoever
+needs it (the file queue, a client waiting in ``fetch_now``), and hands each
+caller its own Deferred, so a caller that goes away stops nothing. A fetch
+first looks in ``--replica-file-search-path`` (copy or hard link, verified),
+then GETs ``<primary>/<relpath>`` with the replica headers: the body is
+written to ``tmp/`` and hashed chunk by chunk as it arrives (never held in
+memory, per-chunk work independent of the file size), then size and every
+known hash are verified and the store adopts it, without a serial.
+
+The outcome is ``stored``, ``absent`` (302, 410, and 404/502 of mirror
+files: nothing to replicate) or ``failed`` (the message goes into the
+replication errors). Functions marked blocking run through ``run_disk``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+
+from devpitx.replica.primary_client import (
+    PrimaryClient,
+    PrimaryUnreachable,
+    describe_error,
+)
+from devpitx.runtime import RunBlocking
+from devpitx.storage.blobs import COPY_CHUNK_BYTES, BlobStore
+from devpitx.storage.store import Store, link_digests
+
+METADATA_SUFFIX = ".metadata"
+_SKIPPED_HASHES = frozenset({"shake_128", "shake_256"})   # variable length: not comparable as text
+
+log = Logger()
+
+
+@dataclass(frozen=True)
+class FileReplicationSettings:
+    """The options of replication.md §8 that file replication follows."""
+
+    threads: int = 5                              # --file-replication-threads
+    skip_indexes: tuple[str, ...] = ()            # --file-replication-skip-indexes
+    search_path: Path | None = None               # --replica-file-search-path
+    hard_links: bool = False                      # --hard-links
+    request_timeout: float = 5.0                  # --request-timeout
+
+    @property
+    def body_idle_seconds(self) -> float:
+        """A download that receives nothing for this long is dropped."""
+        return max(self.request_timeout * 6, 30.0)
+
+
+@dataclass(frozen=True)
+class WantedBlob:
+    """One blob a file entry names: where the primary serves it and what it must hash to."""
+
+    relpath: str                       # the file entry's relpath
+    url_relpath: str                   # what to GET: the relpath, or relpath + ".metadata"
+    sha256: str
+    hashes: Mapping[str, str]          # every known digest, sha256 included
+    size: int | None
+    mirror: bool                       # belongs to a mirror index (404/502 are no errors)
+    project: str | None = None         # for the export layout of the search path
+    version: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How obtaining one blob ended: ``stored``, ``absent`` (nothing to replicate) or ``failed``."""
+
+    kind: str
+    url: str
+    message: str = ""
+
+    @property
+    def stored(self) -> bool:
+        return self.kind == "stored"
+
+
+def wanted_blobs(relpath: str, entry: Mapping[str, Any], index_type: str | None) -> list[WantedBlob]:
+    """The blobs a live file entry with content names: the file and its core metadata."""
+    content, metadata = link_digests(entry)
+    mirror = index_type == "mirror"
+    project, version = entry.get("project"), entry.get("version")
+    wanted = []
+    if isinstance(content, str):
+        hashes = {name: value.lower() for name, value in (entry.get("hashes") or {}).items()
+                  if isinstance(name, str) and isinstance(value, str)}
+        spec_name, _, spec_value = str(entry.get("hash_spec") or "").partition("=")
+        if spec_name and spec_value:
+            hashes.setdefault(spec_name, spec_value.lower())
+        size = entry.get("+size")
+        wanted.append(WantedBlob(relpath, relpath, content, hashes,
+                                 size if isinstance(size, int) and not isinstance(size, bool) else None, mirror,
+                                 project if isinstance(project, str) else None,
+                                 version if isinstance(version, str) else None))
+    if isinstance(metadata, str) and isinstance(content, str):
+        wanted.append(WantedBlob(relpath, relpath + METADATA_SUFFIX, metadata, {"sha256": metadata.lower()},
+                                 None, mirror))
+    return wanted
+
+
+class _Hashes:
+    """Every digest a blob must match, computed chunk by chunk."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self._hashers = {"sha256": hashlib.sha256()}
+        for name in names:
+            if name not in self._hashers and name not in _SKIPPED_HASHES and name in hashlib.algorithms_available:
+                self._hashers[name] = hashlib.new(name)
+
+    def update(self, data: bytes) -> None:
+        for hasher in self._hashers.values():
+            hasher.update(data)
+
+    def digests(self) -> dict[str, str]:
+        return {name: hasher.hexdigest() for name, hasher in self._hashers.items()}
+
+
+def verification_problem(wanted: WantedBlob, size: int, digests: Mapping[str, str],
+                         content_length: int | None = None) -> str | None:
+    """Why content of ``size`` bytes with ``digests`` is not the blob ``wanted`` names, or None."""
+    if content_length is not None and content_length != size:
+        return f"expected {content_length} bytes (Content-Length), got {size}"
+    if wanted.size is not None and wanted.size != size:
+        return f"expected {wanted.size} bytes, got {size}"
+    if digests.get("sha256") != wanted.sha256:
+        return f"sha256 mismatch, expected {wanted.sha256}, got {digests.get('sha256')}"
+    for name, expected in wanted.hashes.items():
+        actual = digests.get(name)
+        if actual is not None and actual != expected:
+            return f"{name} mismatch, expected {expected}, got {actual}"
+    return None
+
+
+# -- blocking helpers (run_disk) -------------------------------------------------------------------
+def hash_file(path: Path, names: Iterable[str]) -> tuple[int, dict[str, str]]:
+    hashes = _Hashes(names)
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(COPY_CHUNK_BYTES):
+            hashes.update(chunk)
+            size += len(chunk)
+    return size, hashes.digests()
+
+
+def _safe_segment(value: str | None) -> bool:
+    return bool(value) and "/" not in str(value) and "\x00" not in str(value) and value not in (".", "..")
+
+
+def search_path_candidates(root: Path, wanted: WantedBlob) -> list[Path]:
+    """§5.2 step 4: ``P/+files/<relpath>`` (or ``P/<relpath>``), then ``P/<user>/<index>/<project>/<version>/<basename>``."""
+    files_root = root / "+files"
+    candidates = [(files_root if files_root.is_dir() else root).joinpath(*wanted.url_relpath.split("/"))]
+    parts = wanted.relpath.split("/")
+    if wanted.url_relpath == wanted.relpath and len(parts) >= 3 and _safe_segment(wanted.project) \
+            and _safe_segment(wanted.version):
+        assert wanted.project is not None and wanted.version is not None
+        candidates.append(root / parts[0] / parts[1] / wanted.project / wanted.version / parts[-1])
+    return candidates
+
+
+def stage_from_search_path(blobs: BlobStore, root: Path, wanted: WantedBlob, hard_link: bool) -> Path | None:
+    """A verified private copy (or hard link) of ``wanted`` from the search path in tmp/, or None.
+
+    The copy is hashed after it was made, so a file changing meanwhile cannot
+    slip in unverified.
+    """
+    for candidate in search_path_candidates(root, wanted):
+        if not candidate.is_file():
+            continue
+        staged = blobs.stage_external(candidate, hard_link=hard_link)
+        size, digests = hash_file(staged, wanted.hashes)
+        if verification_problem(wanted, size, digests) is None:
+            return staged
+        staged.unlink(missing_ok=True)
+        log.warn("replica file search path: {path} does not match {relpath}", path=str(candidate),
+                 relpath=wanted.url_relpath)
+    return None
+
+
+def presence_of(blobs: BlobStore, checks: list[tuple[str, str | None, str | None]]) -> list[tuple[str, bool, list[str]]]:
+    """For (relpath, content sha256, metadata sha256) items: (relpath, some blob missing,
+    present blobs whose ``+files/`` link is missing, e.g. after a crash right after adopting)."""
+    results = []
+    for relpath, content, metadata in checks:
+        missing = False
+        unlinked = []
+        for sha256, link in ((content, relpath), (metadata, relpath + METADATA_SUFFIX)):
+            if sha256 is None:
+                continue
+            if not blobs.has(sha256):
+                missing = True
+                continue
+            try:
+                linked = os.path.samefile(blobs.relpath_path(link), blobs.path_for(sha256))
+            except (FileNotFoundError, ValueError):
+                linked = False
+            if not linked:
+                unlinked.append(sha256)
+        results.append((relpath, missing, unlinked))
+    return results
+
+
+# -- the download ------------------------------------------------------------------------------------
+class _BodyToFile(Protocol):
+    """Writes a response body to ``fd``, hashing as it goes; drops the connection when idle."""
+
+    def __init__(self, fd: int, hashes: _Hashes, clock: IReactorTime, idle_seconds: float) -> None:
+        self._fd = fd
+        self._hashes = hashes
+        self._clock = clock
+        self._idle_seconds = idle_seconds
+        self._idle: IDelayedCall | None = None
+        self.size = 0
+        self.problem: str | None = None
+        self.done: Deferred[None] = Deferred(lambda _d: self._stop())
+
+    def connectionMade(self) -> None:
+        self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._idle = self._clock.callLater(self._idle_seconds, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+
+    def _timed_out(self) -> None:
+        self._idle = None
+        self.problem = f"no data for {self._idle_seconds:g} s"
+        self._stop()
+
+    def _stop(self) -> None:
+        if self.transport is not None:
+            cast(IPushProducer, self.transport).stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.problem is not None:
+            return
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError as exc:
+            self.problem = f"cannot write the download: {exc}"
+            self._stop()
+            return
+        self._hashes.update(data)
+        self.size += len(data)
+        self._arm()
+
+    def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
+        self._disarm()
+        if self.done.called:
+            return
+        if self.problem is None and reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(None)
+        else:
+            self.done.errback(Failure(OSError(self.problem or f"download broke off after {self.size} bytes: "
+                                                                f"{reason.getErrorMessage()}")))
+
+
+class _Discard(Protocol):
+    def connectionMade(self) -> None:
+        if self.transport is not None:
+            cast(IPushProducer, self.transport).stopProducing()
+
+    def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
+        pass
+
+
+class BlobFetcher:
+    """Fetches blobs for the replica's store, one fetch per blob at a time."""
+
+    log = Logger()
+
+    def __init__(self, store: Store, client: PrimaryClient, *, clock: IReactorTime, run_disk: RunBlocking,
+                 settings: FileReplicationSettings) -> None:
+        self._store = store
+        self._client = client
+        self._clock = clock
+        self._run_disk = run_disk
+        self._settings = settings
+        self._in_flight: dict[str, Deferred[Outcome]] = {}   # sha256 -> its running fetch
+        self._waiting: dict[str, list[Deferred[Outcome]]] = {}
+        self._tasks: set[Deferred[Any]] = set()
+
+    def stop(self) -> Deferred[Any]:
+        """Abandon every running fetch; fires once they are gone."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        return DeferredList(tasks, consumeErrors=True)
+
+    def obtain(self, wanted: WantedBlob, *, follow_redirects: bool) -> Deferred[Outcome]:
+        """One download per blob at a time, whoever asks; each caller gets its own Deferred."""
+        waiter: Deferred[Outcome] = Deferred(lambda d: self._stop_waiting(wanted.sha256, d))
+        self._waiting.setdefault(wanted.sha256, []).append(waiter)
+        if wanted.sha256 not in self._in_flight:
+            task = Deferred.fromCoroutine(self._fetch(wanted, follow_redirects))
+            self._in_flight[wanted.sha256] = task
+            task.addBoth(self._fetched, wanted.sha256)
+            self._track(task)
+        return waiter
+
+    def _stop_waiting(self, sha256: str, waiter: Deferred[Outcome]) -> None:
+        # A cancelled caller (a client that went away); the download goes on for the others.
+        waiters = self._waiting.get(sha256, [])
+        if waiter in waiters:
+            waiters.remove(waiter)
+
+    def _fetched(self, result: Outcome | Failure, sha256: str) -> None:
+        self._in_flight.pop(sha256, None)
+        waiters = self._waiting.pop(sha256, [])
+        if isinstance(result, Failure):
+            if not result.check(CancelledError):
+                self.log.failure("fetching blob {sha256} failed", result, sha256=sha256)
+            result = Outcome("failed", "", f"internal error: {result.getErrorMessage()}")
+        for waiter in waiters:
+            waiter.callback(result)
+
+    async def _fetch(self, wanted: WantedBlob, follow_redirects: bool) -> Outcome:
+        if self._settings.search_path is not None:
+            staged = await self._run_disk(stage_from_search_path, self._store.blobs, self._settings.search_path,
+                                          wanted, self._settings.hard_links)
+            if staged is not None:
+                await self._adopt(staged, wanted.sha256)
+                self.log.info("replicated {relpath} from the file search path", relpath=wanted.url_relpath)
+                return Outcome("stored", str(self._settings.search_path))
+        return await self._download(wanted, follow_redirects)
+
+    async def _adopt(self, path: Path, sha256: str) -> None:
+        try:
+            await self._store.adopt_replicated_blob(path, sha256, self._run_disk)
+        finally:
+            path.unlink(missing_ok=True)   # adopt moved it, unless it failed
+
+    async def _download(self, wanted: WantedBlob, follow_redirects: bool) -> Outcome:
+        url = self._client.file_url(wanted.url_relpath)
+        try:
+            response = await self._client.open_file(wanted.url_relpath, timeout=self._settings.request_timeout,
+                                                    follow_redirects=follow_redirects)
+        except PrimaryUnreachable as exc:
+            return Outcome("failed", url, exc.message)
+        if response.code != 200:
+            response.deliverBody(_Discard())
+            if response.code in (302, 410):
+                return Outcome("absent", url, f"{url}: received {response.code} from primary")
+            if response.code in (404, 502) and wanted.mirror:
+                self.log.warn("file replication: {url} answered {code} (mirror file)", url=url, code=response.code)
+                return Outcome("absent", url, f"{url}: received {response.code} from primary")
+            return Outcome("failed", url, f"{url}: received {response.code} from primary")
+        fd, name = tempfile.mkstemp(dir=self._store.blobs.tmp_dir, prefix="replica-")
+        tmp = Path(name)
+        try:
+            hashes = _Hashes(wanted.hashes)
+            body = _BodyToFile(fd, hashes, self._clock, self._settings.body_idle_seconds)
+            response.deliverBody(body)
+            try:
+                await body.done
+            except CancelledError:
+                raise
+            except Exception as exc:
+                return Outcome("failed", url, f"{url}: {describe_error(exc)}")
+            finally:
+                os.close(fd)
+                fd = -1
+            length = response.length if isinstance(response.length, int) else None   # not UNKNOWN_LENGTH
+            problem = verification_problem(wanted, body.size, hashes.digests(), length)
+            if problem:
+                return Outcome("failed", url, f"{url}: {problem}")
+            await self._adopt(tmp, wanted.sha256)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+            tmp.unlink(missing_ok=True)
+        self.log.info("replicated {relpath} ({size} bytes)", relpath=wanted.url_relpath, size=body.size)
+        return Outcome("stored", url)
+
+    def _track(self, task: Deferred[Any]) -> None:
+        self._tasks.add(task)
+        task.addBoth(self._untrack, task)
+
+    def _untrack(self, result: Any, task: Deferred[Any]) -> Any:
+        self._tasks.discard(task)
+        return result
