@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.logger import Logger
 
 from devpitx.auth.tokens import ReplicaTokens
+from devpitx.config import Config
 from devpitx.replica.filerepl import FileReplicationSettings, FileReplicator
 from devpitx.replica.primary_client import PrimaryClient
 from devpitx.replica.puller import ChangelogPuller, FatalCallback
@@ -47,6 +48,15 @@ class ReplicaSettings:
     replica_file_search_path: Path | None = None
     hard_links: bool = False
     request_timeout: float = 5.0
+
+    @classmethod
+    def from_config(cls, config: Config, primary_url: str) -> ReplicaSettings:
+        """``primary_url``: the node's (``--primary-url`` or the one recorded in ``.nodeinfo``)."""
+        return cls(primary_url=primary_url, outside_url=config.outside_url, streaming=config.replica_streaming,
+                   file_replication_threads=config.file_replication_threads,
+                   file_replication_skip_indexes=config.file_replication_skip_indexes,
+                   replica_file_search_path=config.replica_file_search_path, hard_links=config.hard_links,
+                   request_timeout=config.request_timeout)
 
     def file_settings(self) -> FileReplicationSettings:
         return FileReplicationSettings(threads=max(0, self.file_replication_threads),

@@ -8,19 +8,38 @@ from __future__ import annotations
 
 import json
 
+from treq.testing import StubTreq
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+
 from devpitx.auth.tokens import ReplicaTokens
 from devpitx.replica.primary_client import STREAM_ACCEPT
-from devpitx.replica.puller import EXIT_OTHER_PRIMARY, RETRY_SECONDS, UUID_RETRY_SECONDS
+from devpitx.replica.puller import (
+    EXIT_OTHER_PRIMARY,
+    HIGH_WATER_LINES,
+    LOW_WATER_LINES,
+    RETRY_SECONDS,
+    UUID_RETRY_SECONDS,
+    ChangeLines,
+    ChangelogError,
+    parse_entry,
+)
+from devpitx.replica.service import ReplicaService, ReplicaSettings
+from devpitx.runtime import run_inline
 from devpitx.storage import nodeinfo
 from devpitx.storage.journal import Entry
 from devpitx.storage.keys import user_key
+from tests.helpers.testserver import TEST_REPLICA_KEY, make_test_server
 from tests.replica.fake_primary import (
     PRIMARY_URL,
     PRIMARY_UUID,
     REPLICA_KEY,
     REPLICA_UUID,
     ReplicaCase,
+    create_index,
+    release_file,
 )
+from tests.web.fixtures_records import use_clock_cooperator
 
 OTHER_UUID = "feed" * 8
 
@@ -247,7 +266,6 @@ class StatusTests(ReplicaCase):
 
 def test_entries_parse_as_the_journal_stores_them() -> None:
     raw = Entry(serial=4, at=1.5, changes={"user/ü": {"a": [1, 2.5, None]}}, blobs=("ab" * 32,)).to_bytes()
-    from devpitx.replica.puller import parse_entry
     assert parse_entry(raw).to_bytes() == raw
 
 
@@ -266,11 +284,6 @@ class _Producer:
 
 
 def test_change_lines_split_across_chunks_and_pause_while_lines_pile_up() -> None:
-    from twisted.python.failure import Failure
-    from twisted.web.client import ResponseDone
-
-    from devpitx.replica.puller import HIGH_WATER_LINES, LOW_WATER_LINES, ChangeLines
-
     lines = ChangeLines()
     producer = _Producer()
     lines.makeConnection(producer)
@@ -291,11 +304,6 @@ def test_change_lines_split_across_chunks_and_pause_while_lines_pile_up() -> Non
 
 
 def test_change_lines_fail_when_the_body_ends_inside_a_record() -> None:
-    from twisted.python.failure import Failure
-    from twisted.web.client import ResponseDone
-
-    from devpitx.replica.puller import ChangeLines, ChangelogError
-
     lines = ChangeLines()
     lines.makeConnection(_Producer())
     lines.dataReceived(b'{"a": 1}\n{"b"')
@@ -304,3 +312,36 @@ def test_change_lines_fail_when_the_body_ends_inside_a_record() -> None:
     broken = lines.next_line()
     assert isinstance(broken.result, Failure) and broken.result.check(ChangelogError)
     broken.addErrback(lambda _f: None)
+
+
+class AgainstTheRealPrimaryTests(ReplicaCase):
+    """The same replica against devpitx's own primary (web/changelog.py): both sides of the wire."""
+
+    def setUp(self) -> None:
+        super().setUp()
+
+        use_clock_cooperator(self, self.clock)     # the primary sends files with a pull producer
+        self.server = make_test_server(self.base / "real-primary", clock=self.clock, role="primary")
+        self.addCleanup(self.server.store.close)
+        self.primary_store = self.server.store
+        self.http = StubTreq(self.server.resource())
+        create_index(self.primary_store, "root", "dev")
+        self.wheel = release_file(self.primary_store, "root", "dev", "pkg", "1.0", "pkg-1.0-py3-none-any.whl",
+                                  b"wheel bytes", metadata=b"Metadata-Version: 2.1\nName: pkg\n")
+        self.service = ReplicaService(
+            self.store, self.node, ReplicaSettings(primary_url=PRIMARY_URL), http=self.http,
+            replica_key=TEST_REPLICA_KEY, clock=self.clock, run_disk=run_inline,
+            on_fatal=lambda code, message: self.fatal.append((code, message)))
+
+    def test_catch_up_long_poll_and_files_from_a_devpitx_primary(self) -> None:
+        self.start()
+        self.pump_until(lambda: self.caught_up() and self.service.status.files_in_sync_at is not None)
+        for serial in range(self.primary_store.serial + 1):
+            self.assertEqual(self.store.journal.read_bytes(serial), self.primary_store.journal.read_bytes(serial))
+        self.assertEqual(self.node.primary_uuid, self.server.node.uuid)
+        self.assertTrue(self.store.blobs.has(self.wheel.sha256))
+        self.assertTrue(self.store.blobs.has(self.wheel.metadata_sha256 or ""))
+        self.commit_users(2)
+        self.pump()
+        self.assertTrue(self.caught_up())
+        self.assertEqual(self.fatal, [])
