@@ -7,7 +7,7 @@ the reactor.
 from __future__ import annotations
 
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import IResource
@@ -19,10 +19,14 @@ from devpitx.mirror.mirrors import Mirrors
 from devpitx.mirror.upstream import MirrorSettings
 from devpitx.replica.polling import PollingReplicas
 from devpitx.runtime import RunBlocking
+
+if TYPE_CHECKING:
+    from devpitx.replica.service import ReplicaService
 from devpitx.storage.nodeinfo import NodeInfo
 from devpitx.storage.store import Store
 from devpitx.version import DEVPI_SERVER_COMPAT_VERSION, HTTP_API_VERSION
 from devpitx.web.identity import RequestIdentity
+from devpitx.web.proxy import WriteProxy
 from devpitx.web.root import DevpitxSite, make_app
 from devpitx.web.routes import Router
 
@@ -30,7 +34,8 @@ from devpitx.web.routes import Router
 class Server:
     def __init__(self, config: Config, store: Store, node: NodeInfo, *, clock: IReactorTime,
                  run_disk: RunBlocking, passwords: Passwords, login_tokens: LoginTokens,
-                 http: Any = None, replica_tokens: ReplicaTokens | None = None) -> None:
+                 http: Any = None, replica_tokens: ReplicaTokens | None = None,
+                 replica: ReplicaService | None = None) -> None:
         self.config = config
         self.store = store
         self.node = node
@@ -44,12 +49,16 @@ class Server:
         # accepts them (auth.md §9).
         self.replica_tokens = replica_tokens
         self.polling_replicas = PollingReplicas(clock)
+        # On a replica: the replication service (status fields, files fetched on demand).
+        self.replica = replica
         self.identity = RequestIdentity(store, passwords, login_tokens, clock, config.restrict_modify,
                                         replica_tokens if node.role == "primary" else None)
         # Without an HTTP client (most in-process tests) mirrors behave as in offline mode.
+        # A replica's database changes only through the primary's changelog: its mirrors
+        # serve what the primary cached and never fetch (and commit) by themselves.
         self.mirrors = Mirrors(store, http, clock, run_disk, MirrorSettings(
             request_timeout=config.request_timeout, default_cache_expiry=config.mirror_cache_expiry,
-            offline=config.offline_mode))
+            offline=config.offline_mode or node.role == "replica"))
         self.router = Router()
         self._install_areas()
 
@@ -91,8 +100,15 @@ class Server:
         self._identity_cache = (key, headers)
         return headers
 
+    def write_proxy(self) -> WriteProxy | None:
+        """On a replica, what relays writes to the primary (replication.md §6)."""
+        if self.node.role != "replica" or not self.node.primary_url:
+            return None
+        return WriteProxy(self.node.primary_url, self.http, self.clock, self.store.waiter.wait_for_serial,
+                          timeout=self.config.proxy_timeout, configured_outside_url=self.config.outside_url)
+
     def resource(self) -> IResource:
-        return make_app(self.router, self.config.outside_url, self.identity_headers).resource()
+        return make_app(self.router, self.config.outside_url, self.identity_headers, self.write_proxy()).resource()
 
     def site(self) -> DevpitxSite:
         return DevpitxSite(

@@ -242,7 +242,8 @@ def _make_service(options: Options) -> IService:
         log.warn("The --master-url option is deprecated, use --primary-url instead.")
     try:
         node = prepare_node(config)
-        store = Store.open(config.serverdir, reactor, background_flush=True)
+        is_replica = node.role == "replica"
+        store = Store.open(config.serverdir, reactor, background_flush=True, replica=is_replica)
     except (nodeinfo.ServerDirError, RoleError, StoreLocked) as exc:
         raise SystemExit(f"fatal: {exc}") from None
     try:
@@ -260,10 +261,20 @@ def _make_service(options: Options) -> IService:
     disk.setServiceParent(top)
     argon = ProcessPoolRunner(reactor, max_workers=1)
     reactor.addSystemEventTrigger("after", "shutdown", argon.shutdown)
+    # A replica talks to its primary even in offline mode (which only concerns mirrors).
+    http = make_http_client(reactor) if is_replica or not config.offline_mode else None
+    replica = None
+    if is_replica:
+        from devpitx.replica.service import ReplicaService, ReplicaSettings, exit_after_shutdown
+        assert node.primary_url is not None     # prepare_node refuses a replica without one
+        # After the disk pool: it starts before the replication loop and stops after it.
+        replica = ReplicaService(store, node, ReplicaSettings.from_config(config, node.primary_url), http=http,
+                                 replica_key=keys.replica_key, clock=reactor, run_disk=disk.runner(reactor),
+                                 on_fatal=exit_after_shutdown(reactor))
+        replica.setServiceParent(top)
     server = Server(config, store, node, clock=reactor, run_disk=disk.runner(reactor),
                     passwords=Passwords(argon, clock=reactor), login_tokens=LoginTokens(keys.auth_key),
-                    http=None if config.offline_mode else make_http_client(reactor),
-                    replica_tokens=ReplicaTokens(keys.replica_key))
+                    http=http, replica_tokens=ReplicaTokens(keys.replica_key), replica=replica)
     site = server.site()
     frozen_at = [store.serial]
 

@@ -309,6 +309,9 @@ class Routes:
         self._store = server.store
         self._identity = server.identity
         self._mirror_files = server.mirrors.files
+        # On a replica: files whose entry arrived before their content come from the primary.
+        self._replica = server.replica
+        self._primary_url = server.node.primary_url if server.replica is not None else None
 
     def install(self, router: Router) -> None:
         router.add("files.file", self.file)
@@ -389,7 +392,13 @@ class Routes:
             if upstream_tried:
                 # Fetched and stored, yet not servable: nothing sensible left to try.
                 raise NegotiatedError(404, _NO_SUCH_FILE)
+            if self._replica is not None:
+                return await self._from_primary(request, user, index, relpath, kind, target)
             return await self._from_upstream(request, user, index, relpath, kind, target)
+        if self._replica is not None and not self._store.blobs.has(target.sha256) and not upstream_tried:
+            await self._check_read(request, user, index)
+            await self._fetch_from_primary(relpath)
+            return await self.serve(request, user, index, relpath, kind, upstream_tried=True)
         blob = self._open(target.sha256)            # step 4 before step 5: 404 beats 403
         try:
             if await self._check_read(request, user, index):
@@ -403,6 +412,33 @@ class Routes:
         finally:
             blob.close()
         return None
+
+    async def _fetch_from_primary(self, relpath: str) -> None:
+        """A replica's on-demand fetch (replication.md §5.3): the file is stored, then served."""
+        from devpitx.replica.filerepl import FileFetchFailed
+        assert self._replica is not None
+        try:
+            await self._replica.fetch_now(relpath)
+        except FileFetchFailed as exc:
+            raise ApiError(exc.code, exc.message) from None
+
+    async def _from_primary(self, request: IRequest, user: str, index: str, relpath: str, kind: str,
+                            target: _FromUpstream) -> bytes | None:
+        """A mirror file on a replica: fetched from the primary if the primary stored it, else the
+        client is sent to the primary, which fetches it from upstream (a replica never does)."""
+        entry = target.entry
+        if target.metadata:
+            await self._fetch_from_primary(relpath)
+            return await self.serve(request, user, index, relpath, kind, upstream_tried=True)
+        if (entry.get("hashes") or {}).get("sha256") and entry.get("last_modified"):
+            await self._check_read(request, user, index)
+            await self._fetch_from_primary(relpath)
+            return await self.serve(request, user, index, relpath, kind, upstream_tried=True)
+        await self._check_read(request, user, index)
+        assert self._primary_url is not None
+        request.setResponseCode(302)
+        request.setHeader(b"location", f"{self._primary_url}/{relpath}".encode("latin-1", "replace"))
+        return b""
 
     async def _from_upstream(self, request: IRequest, user: str, index: str, relpath: str, kind: str,
                              target: _FromUpstream) -> bytes | None:

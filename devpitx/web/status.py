@@ -69,6 +69,8 @@ class Routes:
             # Replicas following this server (replication.md §7.1); empty unless it is a primary.
             "polling_replicas": server.polling_replicas.as_status(),
         }
+        if server.replica is not None:
+            result.update(server.replica.status_fields())     # replication.md §7.2
         return envelope(request, "status", result)
 
     def _metrics(self, now: float) -> list[list[Any]]:
