@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from devpitx.storage import nodeinfo
 from devpitx.storage.atomic import is_tmp_name
 from devpitx.storage.blobs import COPY_CHUNK_BYTES, BlobStore
 from devpitx.storage.journal import Entry, Journal
@@ -154,6 +155,13 @@ class _Link:
     recorded: dict[str, Any]  # digests the entry records for this blob
 
 
+def _role_of(serverdir: Path) -> str | None:
+    try:
+        return nodeinfo.load(serverdir).role
+    except (nodeinfo.ServerDirError, OSError, ValueError, KeyError):
+        return None
+
+
 class _Checker:
     def __init__(self, serverdir: Path, report: FsckReport, *, checksums: bool, progress: Progress | None) -> None:
         self.serverdir = serverdir
@@ -163,6 +171,8 @@ class _Checker:
         self._last_progress = 0.0
         self.journal = _PathsOnlyJournal(serverdir / "journal")
         self.blobs = _PathsOnlyBlobs(serverdir / "blobs", serverdir / "+files")
+        # A replica receives entries before their files: content not here yet is expected.
+        self.replica = _role_of(serverdir) == "replica"
 
     def problem(self, message: str) -> None:
         self.report.problems.append(message)
@@ -346,7 +356,10 @@ class _Checker:
                 present[link.sha256] = self.blobs.has(link.sha256)
             if not present[link.sha256]:
                 self.report.missing_blobs += 1
-                self.problem(f"file entry {link.relpath}: {link.what} missing (blob {link.sha256})")
+                if self.replica:
+                    self.note(f"file entry {link.relpath}: {link.what} not replicated yet (blob {link.sha256})")
+                else:
+                    self.problem(f"file entry {link.relpath}: {link.what} missing (blob {link.sha256})")
         if self.checksums:
             self.check_checksums(links, present)
         self.check_links(links, present)

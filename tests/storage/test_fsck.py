@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
+from devpitx.storage import nodeinfo
 from devpitx.storage.atomic import tmp_name_for
 from devpitx.storage.fsck import FsckReport, check
 from devpitx.storage.keys import state_relpath
@@ -315,6 +316,16 @@ def test_missing_blob(serverdir: Path) -> None:
     report = check(serverdir)
     only_problem(report, f"file entry {REL_TWO}: content missing (blob {SHA_TWO})")
     assert report.missing_blobs == 1
+
+
+def test_missing_blob_on_a_replica_is_a_note(serverdir: Path) -> None:
+    # A replica applies entries before their files arrive: not a damage.
+    nodeinfo.save(serverdir, nodeinfo.NodeInfo(uuid="a" * 32, role="replica", primary_url="http://127.0.0.1:1"))
+    blob(serverdir, SHA_TWO).unlink()
+    report = check(serverdir)
+    assert report.ok, report.problems
+    assert report.missing_blobs == 1
+    assert any(f"{REL_TWO}: content not replicated yet" in note for note in report.notes)
 
 
 def test_corrupt_blob_is_found_with_checksums_only(serverdir: Path) -> None:
