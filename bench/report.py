@@ -221,7 +221,7 @@ def render_meta(meta: dict[str, Any]) -> str:
         lines.append("**Quick run** (`--quick`): smaller counts and shorter durations than the full run; "
                      "see the parameters below.")
     for key in ("started", "devpitx", "devpi-server", "machine", "load_before", "load_after", "duration_s",
-                "rounds", "parameters", "argon2", "notes"):
+                "rounds", "parameters", "argon2", "notes", "merged"):
         if key in meta:
             value = meta[key]
             if isinstance(value, (dict, list)):
