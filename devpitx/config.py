@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 DEFAULT_SERVERDIR = "~/.devpitx/server"
@@ -59,6 +60,13 @@ class Config:
     file_replication_skip_indexes: tuple[str, ...] = ()
     proxy_timeout: float = DEFAULT_PROXY_TIMEOUT_SECONDS
     replica_streaming: bool = True
+    # TLS (DESIGN.md §6, docs/replication.md). Paths only: devpitx/tls.py reads and checks the files.
+    ssl_cert: Path | None = None                 # the server's certificate chain: listen with TLS
+    ssl_key: Path | None = None
+    ssl_client_ca: Path | None = None            # CA of replica certificates: /+changelog requires one
+    replica_cert: Path | None = None             # the certificate a replica presents to its primary
+    replica_key: Path | None = None
+    primary_ca: Path | None = None               # the replica's trust root for the primary's certificate
 
     @classmethod
     def from_options(cls, opts: Mapping[str, Any]) -> Config:
@@ -77,6 +85,7 @@ class Config:
             host_out, port_out = host, port
         restrict = opts.get("restrict-modify")
         outside_url = opts.get("outside-url") or None
+        tls = _tls_paths(opts)
         if outside_url is not None and not re.match(r"^https?://", outside_url):
             raise ConfigError(f"--outside-url must be an http(s) URL, got {outside_url!r}")
         return cls(
@@ -112,7 +121,23 @@ class Config:
             file_replication_skip_indexes=_skip_indexes(opts.get("file-replication-skip-indexes") or ""),
             proxy_timeout=_positive_float(opts.get("proxy-timeout", DEFAULT_PROXY_TIMEOUT_SECONDS), "proxy-timeout"),
             replica_streaming=not opts.get("no-replica-streaming"),
+            **tls,
         )
+
+
+def _tls_paths(opts: Mapping[str, Any]) -> dict[str, Path | None]:
+    """The TLS file options as paths; certificates and keys only in pairs."""
+    paths: dict[str, Path | None] = {}
+    for name in ("ssl-cert", "ssl-key", "ssl-client-ca", "replica-cert", "replica-key", "primary-ca"):
+        value = opts.get(name) or None
+        paths[name.replace("-", "_")] = Path(os.path.expanduser(value)).absolute() if value else None
+    for cert, key in (("ssl-cert", "ssl-key"), ("replica-cert", "replica-key")):
+        if (paths[cert.replace("-", "_")] is None) != (paths[key.replace("-", "_")] is None):
+            raise ConfigError(f"--{cert} and --{key} go together: give both or neither")
+    if paths["ssl_client_ca"] is not None and paths["ssl_cert"] is None:
+        raise ConfigError("--ssl-client-ca needs --ssl-cert and --ssl-key: "
+                          "client certificates are only verified on TLS connections")
+    return paths
 
 
 def _int(value: Any, name: str) -> int:

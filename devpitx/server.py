@@ -70,6 +70,12 @@ class Server:
             area.install(self.router)
 
     @property
+    def replica_certificate_required(self) -> bool:
+        """With ``--ssl-client-ca``, ``/+changelog`` answers only TLS connections that presented a
+        client certificate signed by that CA (verified in the handshake, devpitx/tls.py)."""
+        return self.config.ssl_client_ca is not None
+
+    @property
     def primary_uuid(self) -> str:
         if self.node.role == "replica":
             return self.node.primary_uuid or ""

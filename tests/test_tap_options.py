@@ -152,3 +152,39 @@ def test_replication_environment_variables(monkeypatch: pytest.MonkeyPatch, tmp_
     monkeypatch.setenv("DEVPISERVER_MASTER_URL", "http://legacy.test")
     with pytest.raises(ConfigError, match="Can't use both"):
         parse([])
+
+
+# -- TLS (DESIGN.md §6, docs/replication.md) ------------------------------------------------------------
+def test_tls_options_are_paths(tmp_path: Path) -> None:
+    config = parse(["--ssl-cert", str(tmp_path / "s.pem"), "--ssl-key", str(tmp_path / "s.key"),
+                    "--ssl-client-ca", str(tmp_path / "ca.pem"), "--replica-cert", str(tmp_path / "r.pem"),
+                    "--replica-key", str(tmp_path / "r.key"), "--primary-ca", str(tmp_path / "pca.pem")])
+    assert (config.ssl_cert, config.ssl_key, config.ssl_client_ca) == (
+        tmp_path / "s.pem", tmp_path / "s.key", tmp_path / "ca.pem")
+    assert (config.replica_cert, config.replica_key, config.primary_ca) == (
+        tmp_path / "r.pem", tmp_path / "r.key", tmp_path / "pca.pem")
+    plain = parse([])
+    assert (plain.ssl_cert, plain.ssl_client_ca, plain.replica_cert, plain.primary_ca) == (None, None, None, None)
+
+
+def test_tls_environment_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("DEVPISERVER_SSL_CERT", str(tmp_path / "s.pem"))
+    monkeypatch.setenv("DEVPISERVER_SSL_KEY", str(tmp_path / "s.key"))
+    monkeypatch.setenv("DEVPISERVER_SSL_CLIENT_CA", str(tmp_path / "ca.pem"))
+    monkeypatch.setenv("DEVPISERVER_REPLICA_CERT", str(tmp_path / "r.pem"))
+    monkeypatch.setenv("DEVPISERVER_REPLICA_KEY", str(tmp_path / "r.key"))
+    monkeypatch.setenv("DEVPISERVER_PRIMARY_CA", str(tmp_path / "pca.pem"))
+    config = parse([])
+    assert (config.ssl_cert, config.ssl_key, config.ssl_client_ca) == (
+        tmp_path / "s.pem", tmp_path / "s.key", tmp_path / "ca.pem")
+    assert (config.replica_cert, config.replica_key, config.primary_ca) == (
+        tmp_path / "r.pem", tmp_path / "r.key", tmp_path / "pca.pem")
+
+
+def test_certificates_and_keys_go_in_pairs() -> None:
+    for argv in (["--ssl-cert", "s.pem"], ["--ssl-key", "s.key"], ["--replica-cert", "r.pem"],
+                 ["--replica-key", "r.key"]):
+        with pytest.raises(ConfigError, match="go together"):
+            parse(argv)
+    with pytest.raises(ConfigError, match="--ssl-client-ca needs --ssl-cert"):
+        parse(["--ssl-client-ca", "ca.pem"])

@@ -56,6 +56,14 @@ class Options(usage.Options):
         ["file-replication-skip-indexes", None, None,
          "replica: comma list of user/index names or index types (mirror) not to replicate files of, or 'all'"],
         ["proxy-timeout", None, "30", "replica: seconds to wait for the primary when relaying a write"],
+        ["ssl-cert", None, None, "PEM certificate chain of this server: listen with TLS (with --ssl-key)"],
+        ["ssl-key", None, None, "PEM private key of --ssl-cert"],
+        ["ssl-client-ca", None, None,
+         "PEM CA certificate(s) signing replica certificates: /+changelog requires a client certificate"],
+        ["replica-cert", None, None, "replica: PEM client certificate presented to the primary (with --replica-key)"],
+        ["replica-key", None, None, "replica: PEM private key of --replica-cert"],
+        ["primary-ca", None, None,
+         "replica: PEM CA certificate(s) to verify the primary with (default: REQUESTS_CA_BUNDLE, else the system's)"],
         ["storage", None, None, "storage backend (accepted for compatibility: only the default exists)"],
         ["keyfs-cache-size", None, None, "accepted for compatibility; unused"],
         ["connection-limit", None, None, "accepted for compatibility; unused"],
@@ -131,15 +139,16 @@ def parse_flag(name: str, value: str) -> bool:
 class AnnouncingEndpoint:
     """Logs the address actually bound (port 0 in tests) so that callers can find it."""
 
-    def __init__(self, wrapped: IStreamServerEndpoint) -> None:
+    def __init__(self, wrapped: IStreamServerEndpoint, *, scheme: str = "http") -> None:
         self._wrapped = wrapped
+        self._scheme = scheme
 
     def listen(self, factory: Any) -> Deferred[IListeningPort]:
         def announce(port: IListeningPort) -> IListeningPort:
             address = port.getHost()
             log.info("listening on {listening_host}:{listening_port}",
                      listening_host=getattr(address, "host", str(address)),
-                     listening_port=getattr(address, "port", 0))
+                     listening_port=getattr(address, "port", 0), listening_scheme=self._scheme)
             return port
         return self._wrapped.listen(factory).addCallback(announce)
 
@@ -211,6 +220,27 @@ def prepare_node(config: Config) -> NodeInfo:
     return node
 
 
+def replica_http_client(reactor: Any, config: Config, primary_url: str) -> Any:
+    """With ``--replica-cert`` / ``--primary-ca``: a client whose TLS policy presents the
+    replica's certificate to the primary (and only to it) and verifies the primary against
+    its CA; None without those options. Raises ``ConfigError`` for unusable files."""
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool
+
+    from devpitx.mirror.upstream import LazyTrustPolicy, ca_bundle_path
+    from devpitx.tls import replica_tls_policy
+
+    policy = replica_tls_policy(config, primary_url, LazyTrustPolicy(), ca_bundle_path())
+    if policy is None:
+        return None
+    # The pool settings of mirror/upstream.make_http_client, which takes no TLS policy.
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 8
+    pool.cachedConnectionTimeout = 120
+    reactor.addSystemEventTrigger("before", "shutdown", pool.closeCachedConnections)
+    return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+
+
 def _make_service(options: Options) -> IService:
     from twisted.internet import (
         reactor as _reactor,  # the only module that names the reactor
@@ -233,9 +263,12 @@ def _make_service(options: Options) -> IService:
     from devpitx.server import Server
     from devpitx.storage import nodeinfo
     from devpitx.storage.store import Store, StoreLocked
+    from devpitx.tls import listen_scheme, listening_tls_options, tls_listen_endpoint
 
     try:
         config = Config.from_options(options)
+        # Certificates are read before anything is initialised or opened: a wrong file stops here.
+        listening_tls = listening_tls_options(config)
     except ConfigError as exc:
         raise SystemExit(f"fatal: {exc}") from None
     if options.get("master-url"):
@@ -262,11 +295,20 @@ def _make_service(options: Options) -> IService:
     argon = ProcessPoolRunner(reactor, max_workers=1)
     reactor.addSystemEventTrigger("after", "shutdown", argon.shutdown)
     # A replica talks to its primary even in offline mode (which only concerns mirrors).
-    http = make_http_client(reactor) if is_replica or not config.offline_mode else None
+    http = None
+    if is_replica:
+        assert node.primary_url is not None     # prepare_node refuses a replica without one
+        try:
+            http = replica_http_client(reactor, config, node.primary_url)
+        except ConfigError as exc:
+            store.close()
+            raise SystemExit(f"fatal: {exc}") from None
+    if http is None and (is_replica or not config.offline_mode):
+        http = make_http_client(reactor)
     replica = None
     if is_replica:
         from devpitx.replica.service import ReplicaService, ReplicaSettings, exit_after_shutdown
-        assert node.primary_url is not None     # prepare_node refuses a replica without one
+        assert node.primary_url is not None
         # After the disk pool: it starts before the replication loop and stops after it.
         replica = ReplicaService(store, node, ReplicaSettings.from_config(config, node.primary_url), http=http,
                                  replica_key=keys.replica_key, clock=reactor, run_disk=disk.runner(reactor),
@@ -285,8 +327,10 @@ def _make_service(options: Options) -> IService:
 
     HeapFreezer(reactor, state_grew).setServiceParent(top)
     for description in config.listen:
+        # strports.service (not a bare endpoint service): twistd exits when the port is taken.
         web = strports.service(description, site, reactor=reactor)
-        web.endpoint = AnnouncingEndpoint(web.endpoint)
+        web.endpoint = AnnouncingEndpoint(tls_listen_endpoint(reactor, description, listening_tls),
+                                          scheme=listen_scheme(description, listening_tls))
         web.setServiceParent(top)
     log.info("devpitx {version} serving {serverdir} at serial {serial}",
              version=DEVPITX_VERSION, serverdir=str(config.serverdir), serial=store.serial)

@@ -19,7 +19,9 @@ ending in 202 when nothing was committed.
 
 Only a server running with role ``primary`` answers, and only to requests
 carrying a replica's bearer token (auth.md §9); devpi-server would also accept
-requests without one, devpitx does not.
+requests without one, devpitx does not. With ``--ssl-client-ca`` the
+connection must also have presented a client certificate signed by that CA
+(checked right after the role, DESIGN.md §6).
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from twisted.web.iweb import IRequest
 from zope.interface import implementer
 
 from devpitx.runtime import RunBlocking
+from devpitx.tls import CLIENT_CERTIFICATE_REQUIRED_MESSAGE, peer_certificate
 from devpitx.web.errors import ApiError
 from devpitx.web.identity import REPLICA_UUID_HEADER
 from devpitx.web.negotiate import accept_header, header, parse_accept
@@ -88,6 +91,8 @@ class Routes:
         node = self._server.node
         if node.role != "primary":
             raise ApiError(403, "Replication protocol disabled")
+        if self._server.replica_certificate_required and peer_certificate(request) is None:
+            raise ApiError(403, CLIENT_CERTIFICATE_REQUIRED_MESSAGE)
         expected = header(request, b"x-devpi-expected-primary-id")
         if expected is None:
             expected = header(request, b"x-devpi-expected-master-id")

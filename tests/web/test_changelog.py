@@ -8,11 +8,13 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from typing import Any, cast
+from pathlib import Path
+from typing import Any, ClassVar, cast
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.client import BrowserLikePolicyForHTTPS
 from twisted.web.http import Request
 from twisted.web.iweb import IResponse
 
@@ -20,6 +22,13 @@ from devpitx.auth.tokens import REPLICA_TOKEN_SECONDS, ReplicaTokens
 from devpitx.runtime import RunBlocking
 from devpitx.server import Server
 from devpitx.storage.keys import user_key
+from devpitx.tls import (
+    CLIENT_CERTIFICATE_REQUIRED_MESSAGE,
+    KeyPair,
+    ReplicaTLSPolicy,
+    server_tls_options,
+    trust_root,
+)
 from devpitx.web import changelog
 from devpitx.web.changelog import (
     LIST_MAX_BYTES,
@@ -31,12 +40,19 @@ from devpitx.web.changelog import (
     collect_entry_list,
     read_entry_batch,
 )
+from devpitx.web.root import DevpitxSite
 from tests.helpers.testserver import (
     BASE,
     TEST_REPLICA_KEY,
     basic_auth,
     make_test_server,
     stub_client,
+)
+from tests.helpers.tls_certs import (
+    CertificateAuthority,
+    Issued,
+    Recorder,
+    tls_connection,
 )
 
 REPLICA_UUID = "7c1e0c2fd9a64b0a8b8f4f1e6c1d2a3b"
@@ -201,6 +217,80 @@ class CheckTests(PrimaryTestCase):
         beyond = self.server.store.serial + 2
         for path in (f"/+changelog/{beyond}", f"/+changelog/{beyond}-", "/+changelog/" + "9" * 5000):
             self.assertEqual(self.error(path, self.replica_headers()), (404, "can only wait for next serial"))
+
+
+class ClientCertificateTests(PrimaryTestCase):
+    """With --ssl-client-ca, only TLS connections that presented a certificate of that CA may
+    read the changelog (DESIGN.md §6); the check follows the role check."""
+
+    pki: ClassVar[dict[str, Any]] = {}
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.server = make_test_server(temp_dir(self), clock=self.clock, role=self.role,
+                                       ssl_client_ca=Path("/etc/devpitx/replica-ca.pem"))
+        self.addCleanup(self.server.store.close)
+        self.http = stub_client(self.server)
+        self.tokens = ReplicaTokens(TEST_REPLICA_KEY)
+        if not self.pki:
+            ca = CertificateAuthority("replication CA")
+            self.pki.update(ca=ca, server=ca.issue("primary", ip_addresses=["127.0.0.1"]),
+                            replica=ca.issue("replica", client=True))
+
+    def over_tls(self, path: str, headers: dict[str, str], client: Issued | None) -> tuple[int, bytes]:
+        """One request through a real in-memory TLS connection to the server's Site."""
+        server_cert, ca = self.pki["server"], self.pki["ca"]
+        options = server_tls_options(KeyPair([server_cert.certificate], server_cert.key), [ca.certificate])
+        policy = ReplicaTLSPolicy("https://127.0.0.1:443", trust=trust_root([ca.certificate]),
+                                  client=KeyPair([client.certificate], client.key) if client else None,
+                                  fallback=BrowserLikePolicyForHTTPS())
+        site = DevpitxSite(self.server.resource(), max_body_bytes=1024, tmp_dir=self.server.store.blobs.tmp_dir,
+                           identity_headers=self.server.identity_headers, clock_seconds=self.clock.seconds,
+                           reactor=self.clock)
+        lines = [f"GET {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close",
+                 *(f"{name}: {value}" for name, value in headers.items())]
+        client_side = Recorder(("\r\n".join(lines) + "\r\n\r\n").encode())
+        tls_connection(options, policy.creatorForNetloc(b"127.0.0.1", 443), site, client_side)
+        status_line, _, rest = client_side.received.partition(b"\r\n")
+        return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+    def test_plain_connections_are_refused(self) -> None:
+        for path in ("/+changelog/0", "/+changelog/0-"):
+            self.assertEqual(self.error(path, self.replica_headers()), (403, CLIENT_CERTIFICATE_REQUIRED_MESSAGE))
+
+    def test_certificate_check_comes_right_after_the_role_check(self) -> None:
+        # Before the uuid and token checks: a request with no replica header at all.
+        self.assertEqual(self.error("/+changelog/0", {}), (403, CLIENT_CERTIFICATE_REQUIRED_MESSAGE))
+
+    def test_replica_certificate_is_let_through(self) -> None:
+        code, body = self.over_tls("/+changelog/0", self.replica_headers(), self.pki["replica"])
+        self.assertEqual(code, 200)
+        self.assertEqual(body, self.journal_bytes(0))
+
+    def test_tls_without_certificate_is_refused(self) -> None:
+        code, body = self.over_tls("/+changelog/0", self.replica_headers(), None)
+        self.assertEqual((code, json.loads(body)["message"]), (403, CLIENT_CERTIFICATE_REQUIRED_MESSAGE))
+        # Other endpoints do not need a certificate.
+        self.assertEqual(self.over_tls("/+api", {"Accept": "application/json"}, None)[0], 200)
+
+    def test_the_token_is_still_checked_behind_the_certificate(self) -> None:
+        code, body = self.over_tls("/+changelog/0", self.replica_headers(token="junk"), self.pki["replica"])
+        self.assertEqual(code, 403)
+        self.assertNotEqual(json.loads(body)["message"], CLIENT_CERTIFICATE_REQUIRED_MESSAGE)
+
+
+class StandaloneWithClientCaTests(PrimaryTestCase):
+    role = "standalone"
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.server = make_test_server(temp_dir(self), clock=self.clock, role=self.role,
+                                       ssl_client_ca=Path("/etc/devpitx/replica-ca.pem"))
+        self.addCleanup(self.server.store.close)
+        self.http = stub_client(self.server)
+
+    def test_role_check_comes_first(self) -> None:
+        self.assertEqual(self.error("/+changelog/0", {}), (403, "Replication protocol disabled"))
 
 
 class SingleEntryTests(PrimaryTestCase):
