@@ -33,6 +33,7 @@ from tests.helpers.dists import build_wheel, sha256_file
 from tests.helpers.server_process import (
     Response,
     ServerProcess,
+    ServerStartError,
     basic_auth,
     devpi_auth,
     expect,
@@ -202,6 +203,13 @@ def test_replica_with_certificate_catches_up_over_tls(primary: Primary, pem_file
         href = urljoin(f"{replica.url}/alice/dev/+simple/tls-pkg/", entry["url"]).split("#")[0]
         download = expect(request(href, headers={"Accept": "*/*"}), 200, "file from the replica")
         assert download.body == wheel.read_bytes()
+
+        # A write sent to the replica is relayed to the primary over the same TLS client.
+        late = build_wheel(tmp_path / "dist", "late-pkg", "2.0")
+        clients.twine_upload(f"{replica.url}/alice/dev/", [late], "alice", "pw")
+        page = expect(https_request(f"{primary.url}/alice/dev/+simple/late-pkg/", pem_files,
+                                    headers={"Accept": SIMPLE_JSON}), 200, "primary page of the relayed upload").json()
+        assert file_entry(page, late.name)["hashes"]["sha256"] == sha256_file(late)
     finally:
         replica.stop()
 
@@ -226,3 +234,16 @@ def test_replicas_without_a_good_certificate_or_trust_never_catch_up(primary: Pr
     finally:
         for replica in (foreign, anonymous, distrustful):
             replica.stop(check_log=False)     # their replication errors are the point
+
+
+def test_unusable_certificate_files_are_fatal_at_start(pem_files: Files, tmp_path: Path) -> None:
+    for args, message in (
+            (["--ssl-cert", pem_files.server_cert, "--ssl-key", pem_files.replica_key],
+             f"fatal: --ssl-key '{pem_files.replica_key}' is not the key of the certificate in --ssl-cert"),
+            (["--ssl-cert", pem_files.server_cert, "--ssl-key", pem_files.server_key,
+              "--ssl-client-ca", tmp_path / "missing.pem"],
+             f"fatal: --ssl-client-ca: cannot read '{tmp_path / 'missing.pem'}'")):
+        with pytest.raises(ServerStartError) as caught:
+            start_server(tmp_path / "refused", extra_args=[str(arg) for arg in args], timeout=30)
+        assert message in str(caught.value)
+        assert "Traceback" not in str(caught.value)
