@@ -30,9 +30,11 @@ def merge(full: Results, partial: Results) -> Results:
         position = keys_in_order.index(row.key) if row.key in keys_in_order else len(rows)
         rows.insert(min(position, len(rows)), row)
     meta = dict(full.meta)
-    meta["merged"] = (f"rows {', '.join(sorted(replaced))} from a later partial run: "
-                      f"started {partial.meta.get('started')}, devpitx {partial.meta.get('devpitx')}, "
-                      f"devpi-server {partial.meta.get('devpi-server')}, load_before {partial.meta.get('load_before')}")
+    this = (f"rows {', '.join(sorted(replaced))} from a later partial run: "
+            f"started {partial.meta.get('started')}, devpitx {partial.meta.get('devpitx')}, "
+            f"devpi-server {partial.meta.get('devpi-server')}, load_before {partial.meta.get('load_before')}")
+    # Merging again keeps the earlier merges' provenance.
+    meta["merged"] = f"{meta['merged']}; {this}" if meta.get("merged") else this
     return Results(meta, rows)
 
 

@@ -224,21 +224,13 @@ def replica_http_client(reactor: Any, config: Config, primary_url: str) -> Any:
     """With ``--replica-cert`` / ``--primary-ca``: a client whose TLS policy presents the
     replica's certificate to the primary (and only to it) and verifies the primary against
     its CA; None without those options. Raises ``ConfigError`` for unusable files."""
-    from treq.client import HTTPClient
-    from twisted.web.client import Agent, HTTPConnectionPool
-
-    from devpitx.mirror.upstream import LazyTrustPolicy, ca_bundle_path
+    from devpitx.mirror.upstream import LazyTrustPolicy, ca_bundle_path, make_http_client
     from devpitx.tls import replica_tls_policy
 
     policy = replica_tls_policy(config, primary_url, LazyTrustPolicy(), ca_bundle_path())
     if policy is None:
         return None
-    # The pool settings of mirror/upstream.make_http_client, which takes no TLS policy.
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = 8
-    pool.cachedConnectionTimeout = 120
-    reactor.addSystemEventTrigger("before", "shutdown", pool.closeCachedConnections)
-    return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+    return make_http_client(reactor, policy)
 
 
 def _make_service(options: Options) -> IService:

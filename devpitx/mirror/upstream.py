@@ -362,11 +362,12 @@ def trust_policy() -> IPolicyForHTTPS:
     return BrowserLikePolicyForHTTPS(trustRoot=ssl.trustRootFromCertificates(certificates))
 
 
-def make_http_client(reactor: Any) -> Any:
-    """A treq client with a persistent connection pool (page fetches reuse connections)."""
+def make_http_client(reactor: Any, tls_policy: IPolicyForHTTPS | None = None) -> Any:
+    """A treq client with a persistent connection pool (page fetches reuse connections);
+    ``tls_policy`` defaults to verifying upstreams against the CA bundle rules above."""
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 8
     pool.cachedConnectionTimeout = 120
     # Idle kept-alive connections would otherwise outlive the service on shutdown.
     reactor.addSystemEventTrigger("before", "shutdown", pool.closeCachedConnections)
-    return HTTPClient(Agent(reactor, contextFactory=LazyTrustPolicy(), pool=pool))
+    return HTTPClient(Agent(reactor, contextFactory=tls_policy or LazyTrustPolicy(), pool=pool))

@@ -28,3 +28,11 @@ def test_full_results_are_not_modified() -> None:
     merge(full, results("partial", a=5.0))
     assert isinstance(full.rows[0], Row) and full.rows[0].median("devpitx") == 1.0
     assert "merged" not in full.meta
+
+
+def test_merging_twice_keeps_both_provenances() -> None:
+    once = merge(results("full", a=1.0, b=2.0), results("first", a=3.0))
+    twice = merge(once, results("second", b=4.0))
+    assert "rows a from a later partial run: started first" in twice.meta["merged"]
+    assert "rows b from a later partial run: started second" in twice.meta["merged"]
+    assert [row.median("devpitx") for row in twice.rows] == [3.0, 4.0]

@@ -179,7 +179,9 @@ def isolated_client_env(base: Path) -> dict[str, str]:
         for k, v in os.environ.items()
         if not (
             k.startswith(("PIP_", "UV_", "TWINE_", "DEVPI", "PYTHON", "VIRTUAL_ENV", "CONDA"))
-            or k.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "requests_ca_bundle")
+            # CA bundle variables override the CA a test hands a client (twine --cert) in requests.
+            or k.lower() in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "requests_ca_bundle",
+                             "curl_ca_bundle", "ssl_cert_file", "ssl_cert_dir")
         )
     }
     home = base / "home"
