@@ -54,11 +54,12 @@ class Server:
         self.identity = RequestIdentity(store, passwords, login_tokens, clock, config.restrict_modify,
                                         replica_tokens if node.role == "primary" else None)
         # Without an HTTP client (most in-process tests) mirrors behave as in offline mode.
-        # A replica's database changes only through the primary's changelog: its mirrors
-        # serve what the primary cached and never fetch (and commit) by themselves.
+        # A replica's database changes only through the primary's changelog: its mirrors never
+        # fetch (and commit) by themselves; pages come through the primary (mirror.md §8).
         self.mirrors = Mirrors(store, http, clock, run_disk, MirrorSettings(
             request_timeout=config.request_timeout, default_cache_expiry=config.mirror_cache_expiry,
-            offline=config.offline_mode or node.role == "replica"))
+            offline=config.offline_mode or node.role == "replica"),
+            via_primary=replica.mirror_page_via_primary if replica is not None else None)
         self.router = Router()
         self._install_areas()
 

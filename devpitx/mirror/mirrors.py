@@ -19,7 +19,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from devpitx.mirror.files import MirrorFiles
-from devpitx.mirror.pages import Freshness, MirrorPages, MirrorUnavailable
+from devpitx.mirror.pages import Freshness, MirrorPages, MirrorUnavailable, ViaPrimary
 from devpitx.mirror.projectlist import ProjectLists
 from devpitx.mirror.upstream import MirrorSettings, Upstream
 from devpitx.model.indexes import Stage
@@ -40,12 +40,15 @@ class PageFreshness:
 
 class Mirrors:
     def __init__(self, store: Store, http: Any | None, clock: IReactorTime, run_disk: RunBlocking,
-                 settings: MirrorSettings) -> None:
+                 settings: MirrorSettings, via_primary: ViaPrimary | None = None) -> None:
         self.store = store
         self.settings = settings
         self.upstream = Upstream(http, clock, offline=settings.offline)
         self.lists = ProjectLists(self.upstream, clock, run_disk, settings)
-        self.pages = MirrorPages(store, self.upstream, self.lists, clock, run_disk, settings)
+        self.pages = MirrorPages(store, self.upstream, self.lists, clock, run_disk, settings, via_primary)
+        # A replica lists files the primary stored even before their content is here: it
+        # fetches them from the primary on demand.
+        self._content_only = self.upstream.offline and via_primary is None
         self.files = MirrorFiles(store, self.upstream, clock, run_disk, settings)
         store.add_listener(self._committed)
 
@@ -59,7 +62,7 @@ class Mirrors:
     # -- MirrorSource: synchronous reads for page builds ------------------------------------------
     def mirror_project(self, view: Reader, mirror: Stage, project: str) -> MirrorProject | None:
         # Offline, only files whose content is here are worth listing (mirror.md §7).
-        return stored_mirror_project(view, mirror, project, content_only=self.upstream.offline)
+        return stored_mirror_project(view, mirror, project, content_only=self._content_only)
 
     def mirror_project_names(self, view: Reader, mirror: Stage) -> Iterable[str]:
         return sorted(self.lists.names(view, mirror))

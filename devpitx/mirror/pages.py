@@ -33,7 +33,7 @@ a restart every record counts as expired, as in the reference).
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,9 +88,15 @@ class _MirrorHealth:
     failing_since: float | None = None
 
 
+# On a replica: ask the primary for the page of (stage, project); fires once the replica has
+# applied what the primary committed for it (mirror.md §8), fails with MirrorUnavailable.
+ViaPrimary = Callable[[Stage, str], Awaitable[None]]
+
+
 class MirrorPages:
     def __init__(self, store: Store, upstream: Upstream, lists: ProjectLists, clock: IReactorTime,
-                 run_blocking: RunBlocking, settings: MirrorSettings) -> None:
+                 run_blocking: RunBlocking, settings: MirrorSettings, via_primary: ViaPrimary | None = None) -> None:
+        self._via_primary = via_primary
         self._store = store
         self._upstream = upstream
         self._lists = lists
@@ -131,6 +137,8 @@ class MirrorPages:
     async def ensure(self, stage: Stage, project: str) -> Freshness:
         """Bring the stored record of ``project`` in ``stage`` up to date as far as upstream allows."""
         record = self._record(stage, project)
+        if self._via_primary is not None:
+            return await self._ensure_via_primary(stage, project, record)
         if self._upstream.offline:
             return Freshness.STALE if record is not None else Freshness.ABSENT
         # Looked up without creating: names upstream does not list get no state at all, so
@@ -177,6 +185,21 @@ class MirrorPages:
         if outcome.kind == "error" and not stored:
             raise MirrorUnavailable(504 if outcome.timed_out else 502, outcome.message)
         return Freshness.STALE if stored else Freshness.ABSENT
+
+    async def _ensure_via_primary(self, stage: Stage, project: str, record: Mapping[str, Any] | None) -> Freshness:
+        """A replica never asks upstream: the primary fetches (and commits), the replica follows."""
+        state = self._projects.get((stage.name, project)) or _ProjectState()
+        expiry = cache_expiry_seconds(stage.config, self._settings.default_cache_expiry)
+        if record is not None and state.retrieved_at is not None and self._clock.seconds() - state.retrieved_at < expiry:
+            return Freshness.STALE
+        try:
+            await self._via_primary(stage, project)    # type: ignore[misc]
+        except MirrorUnavailable:
+            if record is not None:
+                return Freshness.STALE
+            raise
+        self._state(stage, project).retrieved_at = self._clock.seconds()
+        return Freshness.FRESH if self._record(stage, project) is not None else Freshness.ABSENT
 
     def _start(self, stage: Stage, project: str) -> Any:
         self._state(stage, project).attempted_at = self._clock.seconds()

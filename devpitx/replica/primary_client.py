@@ -107,6 +107,13 @@ class PrimaryClient:
         return await self._get(self.file_url(relpath), self.headers(filerepl=True), timeout=timeout,
                                follow_redirects=follow_redirects)
 
+    async def open_simple_page(self, user: str, index: str, project: str, *, timeout: float) -> IResponse:
+        """GET the primary's ``/U/I/+simple/P/`` (JSON): the primary brings its mirror record up to
+        date and commits it; the answer's X-Devpi-Serial says which serial holds it (mirror.md §8)."""
+        url = f"{self.primary_url}/{quote(user)}/{quote(index)}/+simple/{quote(project)}/"
+        headers = self.headers(accept=b"application/vnd.pypi.simple.v1+json")
+        return await self._get(url, headers, timeout=timeout, follow_redirects=False)
+
     async def _get(self, url: str, headers: dict[bytes, list[bytes]], *, timeout: float,
                    follow_redirects: bool) -> IResponse:
         async def send() -> IResponse:

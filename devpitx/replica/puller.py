@@ -255,24 +255,24 @@ class ChangelogPuller:
         self._status.contacted()
         response = await self._client.open_changelog(start, initial=self._initial, streaming=self._streaming)
         if not self.running:
-            _discard(response)
+            discard_body(response)
             return 0.0
         if response.code not in (200, 202):
             message = await _error_text(response)
             raise ChangelogError(f"{url} answered {response.code}: {message}")
         remote_serial = _serial_header(response)
         if remote_serial is None:
-            _discard(response)
+            discard_body(response)
             raise ChangelogError(f"{url} answered without a usable X-Devpi-Serial header")
         primary_uuid = _primary_uuid(response)
         if primary_uuid is None:
-            _discard(response)
+            discard_body(response)
             self.log.error("{url} answered without a consistent primary uuid; retrying in {delay:g} s",
                            url=url, delay=UUID_RETRY_SECONDS)
             return UUID_RETRY_SECONDS
         known = self._client.node.primary_uuid
         if known and primary_uuid != known:
-            _discard(response)
+            discard_body(response)
             raise _Fatal(EXIT_OTHER_PRIMARY, f"primary at {self._client.primary_url} has uuid {primary_uuid}, "
                                              f"this replica follows {known}")
         self._status.answered(remote_serial)
@@ -289,7 +289,7 @@ class ChangelogPuller:
         elif kind == LIST_TYPE:
             applied = await self._apply_list(response)
         else:
-            _discard(response)
+            discard_body(response)
             raise ChangelogError(f"{url} answered with content type {kind!r}")
         self._answered()
         if not applied:
@@ -394,7 +394,7 @@ async def _error_text(response: IResponse) -> str:
     return body[:200].decode("utf-8", "replace")
 
 
-def _discard(response: IResponse) -> None:
+def discard_body(response: IResponse) -> None:
     """Drop an answer's body unread (the connection is not reused)."""
     response.deliverBody(_Discard())
 

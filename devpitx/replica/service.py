@@ -25,8 +25,11 @@ from twisted.logger import Logger
 from devpitx.auth.tokens import ReplicaTokens
 from devpitx.config import Config
 from devpitx.replica.filerepl import FileReplicationSettings, FileReplicator
-from devpitx.replica.primary_client import PrimaryClient
-from devpitx.replica.puller import ChangelogPuller, FatalCallback
+from devpitx.mirror.pages import MirrorUnavailable
+from devpitx.mirror.upstream import first_header
+from devpitx.model.indexes import Stage
+from devpitx.replica.primary_client import PrimaryClient, PrimaryUnreachable
+from devpitx.replica.puller import ChangelogPuller, FatalCallback, discard_body
 from devpitx.replica.status import ReplicationStatus
 from devpitx.runtime import RunBlocking
 from devpitx.storage import nodeinfo
@@ -115,6 +118,27 @@ class ReplicaService(Service):
     def status_fields(self) -> dict[str, Any]:
         """The replica keys of ``+status`` (replication.md §7.2)."""
         return self.status.fields()
+
+    async def mirror_page_via_primary(self, stage: Stage, project: str) -> None:
+        """mirror.md §8: have the primary fetch the page of ``project``, then wait (at most
+        --request-timeout) until this replica has applied the serial the primary answered with."""
+        timeout = self.settings.request_timeout
+        try:
+            response = await self.client.open_simple_page(stage.user, stage.index, project, timeout=timeout)
+        except PrimaryUnreachable as exc:
+            raise MirrorUnavailable(504 if exc.timed_out else 502, exc.message) from None
+        serial = first_header(response, b"x-devpi-serial")
+        discard_body(response)
+        if response.code not in (200, 404):
+            raise MirrorUnavailable(502, f"received {response.code} from primary for {stage.name}/{project}")
+        try:
+            wanted = int(serial) if serial is not None else None
+        except ValueError:
+            wanted = None
+        if wanted is None:
+            raise MirrorUnavailable(502, f"primary sent no X-Devpi-Serial for {stage.name}/{project}")
+        if await self.store.waiter.wait_for_serial(wanted, timeout) is None:
+            raise MirrorUnavailable(504, f"serial {wanted} of the primary not replicated after {timeout:g}s")
 
     def fetch_now(self, relpath: str) -> Deferred[None]:
         """Fires once the content of ``relpath`` (or ``<relpath>.metadata``) is stored; fails

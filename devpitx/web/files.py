@@ -427,10 +427,10 @@ class Routes:
         """A mirror file on a replica: fetched from the primary if the primary stored it, else the
         client is sent to the primary, which fetches it from upstream (a replica never does)."""
         entry = target.entry
-        if target.metadata:
-            await self._fetch_from_primary(relpath)
-            return await self.serve(request, user, index, relpath, kind, upstream_tried=True)
-        if (entry.get("hashes") or {}).get("sha256") and entry.get("last_modified"):
+        core = entry.get("+core_metadata")
+        stored_on_primary = (isinstance(core, dict) and bool(core.get("sha256"))) if target.metadata else bool(
+            (entry.get("hashes") or {}).get("sha256") and entry.get("last_modified"))
+        if stored_on_primary:
             await self._check_read(request, user, index)
             await self._fetch_from_primary(relpath)
             return await self.serve(request, user, index, relpath, kind, upstream_tried=True)

@@ -220,6 +220,9 @@ class Routes:
     async def _project_page(self, request: IRequest, user: str, index: str, project: str, path: str) -> bytes:
         """Serve the page of ``project`` as seen from the request path ``path`` (mount prefix removed)."""
         freshness = await self._ensure_mirrors(user, index, project)
+        # The page shows the state after the mirror step's commit: say so (a replica asking for
+        # this page waits for exactly that serial, mirror.md §8).
+        request.setHeader(b"X-Devpi-Serial", str(self._store.serial).encode())
         stage = self._stage(user, index)          # re-read: the world may have moved while we waited
         if freshness.stale:
             self._mark_stale(request)

@@ -112,3 +112,34 @@ def test_standalone_server_refuses_the_changelog(tmp_path: Path) -> None:
         assert reply.status == 403
     finally:
         srv.stop()
+
+
+def test_replica_mirror_pages_come_through_the_primary(primary: ServerProcess, clients: Clients,
+                                                       tmp_path: Path) -> None:
+    """mirror.md §8: the replica never asks upstream; the primary fetches, the replica follows."""
+    from tests.integration.test_mirror_install import start_upstream
+
+    wheels = tmp_path / "upstream-files"
+    app = build_wheel(wheels, "app", "1.0", requires_dist=["dep-c"])
+    dep = build_wheel(wheels, "dep-c", "0.3")
+    upstream = start_upstream(wheels, tmp_path, "upstream", html_only=False)
+    replica = start_replica(primary, tmp_path / "replica")
+    try:
+        token = login(primary.url, "root", "")
+        create_index(primary.url, "root", token, "local", type="mirror", mirror_url=upstream.url)
+        wait_for_serial(replica.url, current_serial(primary.url))
+        before = upstream.request_count()
+        downloaded = clients.pip_download(f"{replica.url}/root/local/+simple/", tmp_path / "downloads",
+                                          "app", extra=["--no-deps"])
+        assert [p.name for p in downloaded] == [app.name]
+        assert sha256_file(downloaded[0]) == sha256_file(app)
+        # Once the primary has the file, the replica serves it itself.
+        wait_for_serial(replica.url, current_serial(primary.url))
+        again = clients.pip_download(f"{replica.url}/root/local/+simple/", tmp_path / "again", "dep-c")
+        assert [sha256_file(p) for p in again] == [sha256_file(dep)]
+        assert upstream.request_count() > before            # the primary went upstream for both
+        status = replica_status(replica.url)
+        assert status["replication-errors"] == {}, status
+    finally:
+        replica.stop()
+        upstream.stop()
