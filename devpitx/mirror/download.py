@@ -44,7 +44,9 @@ from twisted.web.http import PotentialDataLoss, Request
 from twisted.web.iweb import UNKNOWN_LENGTH
 from zope.interface import implementer
 
-from devpitx.mirror.upstream import MirrorSettings, MirrorUrl, Upstream, UpstreamError, first_header
+from devpitx.mirror.upstream import (
+    MirrorSettings, MirrorUrl, Upstream, UpstreamError, describe_error, discard_body, first_header,
+)
 from devpitx.model.indexes import Stage
 from devpitx.model.projects import get_file_entry, http_date
 from devpitx.runtime import RunBlocking
@@ -182,7 +184,7 @@ class Download:
             return
         if response.code != 200:
             # Read nothing more of it; the connection is not worth keeping.
-            response.deliverBody(_Discard())
+            discard_body(response)
             log.warn("mirror download: upstream answered {code} for {url}", code=response.code, url=self.url)
             self._fail_head(FileUnavailable(404 if response.code == 404 else 502,
                                             f"error {response.code} getting {self.url}"))
@@ -202,7 +204,7 @@ class Download:
             await done
         except Exception as exc:
             self._fail(self._write_error or
-                       f"download of {self.url} broke off after {self.written} bytes: {_reason(exc)}")
+                       f"download of {self.url} broke off after {self.written} bytes: {describe_error(exc)}")
             return
         finally:
             self._stop_idle()
@@ -345,24 +347,6 @@ class Download:
     def follower_left(self, follower: Follower) -> None:
         self.followers.discard(follower)
         self._maybe_close()
-
-
-def _reason(exc: BaseException) -> str:
-    reasons = getattr(exc, "reasons", None)
-    if reasons:
-        value = getattr(reasons[0], "value", reasons[0])
-        return f"{type(value).__name__}: {value}"
-    return f"{type(exc).__name__}: {exc}"
-
-
-class _Discard(BodyProtocol):
-    def dataReceived(self, data: bytes) -> None:
-        if self.transport is not None:
-            # The body's transport is an IPushProducer: stopping it drops the connection.
-            cast(IPushProducer, self.transport).stopProducing()
-
-    def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
-        pass
 
 
 class _BodyToFile(BodyProtocol):

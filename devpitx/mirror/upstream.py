@@ -263,7 +263,7 @@ class Upstream:
         except CancelledError:
             raise
         except Exception as exc:
-            raise UpstreamError(f"error getting {url}: {_describe(exc)}", url=url) from None
+            raise UpstreamError(f"error getting {url}: {describe_error(exc)}", url=url) from None
         return response
 
     def _bounded(self, coro: Any, timeout: float, url: str) -> Deferred[Any]:
@@ -293,7 +293,7 @@ class Upstream:
             except CancelledError:
                 raise
             except Exception as exc:
-                raise UpstreamError(f"error reading {url}: {_describe(exc)}", url=url) from None
+                raise UpstreamError(f"error reading {url}: {describe_error(exc)}", url=url) from None
             return UpstreamPage(
                 status=response.code,
                 url=final_url(response, url),
@@ -316,7 +316,8 @@ class Upstream:
         return response
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
+    """One line for a transport error (upstreams, a replica's primary)."""
     # ResponseFailed/ResponseNeverReceived wrap a list of Failures; show the first reason.
     reasons = getattr(exc, "reasons", None)
     if reasons:
@@ -324,6 +325,20 @@ def _describe(exc: BaseException) -> str:
         value = getattr(first, "value", first)
         return f"{type(value).__name__}: {value}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def discard_body(response: IResponse) -> None:
+    """Drop an answer's body unread (stopping its transport drops the connection: not reused)."""
+    response.deliverBody(_Discard())
+
+
+class _Discard(Protocol):
+    def connectionMade(self) -> None:
+        if self.transport is not None:
+            cast(IPushProducer, self.transport).stopProducing()
+
+    def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
+        pass
 
 
 # -- production wiring (cli/tap.py) ----------------------------------------------------------

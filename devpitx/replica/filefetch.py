@@ -31,11 +31,8 @@ from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
-from devpitx.replica.primary_client import (
-    PrimaryClient,
-    PrimaryUnreachable,
-    describe_error,
-)
+from devpitx.mirror.upstream import describe_error, discard_body
+from devpitx.replica.primary_client import PrimaryClient, PrimaryUnreachable
 from devpitx.runtime import RunBlocking
 from devpitx.storage.blobs import COPY_CHUNK_BYTES, BlobStore
 from devpitx.storage.store import Store, link_digests
@@ -275,15 +272,6 @@ class _BodyToFile(Protocol):
                                                                 f"{reason.getErrorMessage()}")))
 
 
-class _Discard(Protocol):
-    def connectionMade(self) -> None:
-        if self.transport is not None:
-            cast(IPushProducer, self.transport).stopProducing()
-
-    def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
-        pass
-
-
 class BlobFetcher:
     """Fetches blobs for the replica's store, one fetch per blob at a time."""
 
@@ -358,7 +346,7 @@ class BlobFetcher:
         except PrimaryUnreachable as exc:
             return Outcome("failed", url, exc.message)
         if response.code != 200:
-            response.deliverBody(_Discard())
+            discard_body(response)
             if response.code in (302, 410):
                 return Outcome("absent", url, f"{url}: received {response.code} from primary")
             if response.code in (404, 502) and wanted.mirror:

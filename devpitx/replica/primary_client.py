@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 
 from devpitx.auth.tokens import ReplicaTokens
+from devpitx.mirror.upstream import describe_error
 from devpitx.storage.nodeinfo import NodeInfo
 from devpitx.version import DEVPITX_VERSION
 
@@ -139,12 +140,3 @@ class PrimaryClient:
         d.addErrback(timed_out)
         return await d
 
-
-def describe_error(exc: BaseException) -> str:
-    """One line for a transport error (ResponseFailed and friends wrap a list of Failures)."""
-    reasons = getattr(exc, "reasons", None)
-    if reasons:
-        first = reasons[0]
-        value = getattr(first, "value", first)
-        return f"{type(value).__name__}: {value}"
-    return f"{type(exc).__name__}: {exc}"

@@ -37,13 +37,12 @@ from twisted.web.client import ResponseDone, ResponseFailed
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IResponse
 
-from devpitx.mirror.upstream import BodyTooLarge, first_header, media_type, read_body
+from devpitx.mirror.upstream import BodyTooLarge, describe_error, discard_body, first_header, media_type, read_body
 from devpitx.replica.primary_client import (
     LIST_TYPE,
     STREAM_TYPE,
     PrimaryClient,
     PrimaryUnreachable,
-    describe_error,
 )
 from devpitx.replica.status import ReplicationStatus
 from devpitx.runtime import RunBlocking
@@ -394,15 +393,3 @@ async def _error_text(response: IResponse) -> str:
     return body[:200].decode("utf-8", "replace")
 
 
-def discard_body(response: IResponse) -> None:
-    """Drop an answer's body unread (the connection is not reused)."""
-    response.deliverBody(_Discard())
-
-
-class _Discard(Protocol):
-    def connectionMade(self) -> None:
-        if self.transport is not None:
-            cast(IPushProducer, self.transport).stopProducing()
-
-    def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
-        pass

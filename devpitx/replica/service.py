@@ -26,10 +26,10 @@ from devpitx.auth.tokens import ReplicaTokens
 from devpitx.config import Config
 from devpitx.replica.filerepl import FileReplicationSettings, FileReplicator
 from devpitx.mirror.pages import MirrorUnavailable
-from devpitx.mirror.upstream import first_header
+from devpitx.mirror.upstream import discard_body, first_header
 from devpitx.model.indexes import Stage
 from devpitx.replica.primary_client import PrimaryClient, PrimaryUnreachable
-from devpitx.replica.puller import ChangelogPuller, FatalCallback, discard_body
+from devpitx.replica.puller import ChangelogPuller, FatalCallback
 from devpitx.replica.status import ReplicationStatus
 from devpitx.runtime import RunBlocking
 from devpitx.storage import nodeinfo
