@@ -40,7 +40,7 @@ from devpitx.web.api import (
 )
 from devpitx.web.errors import JSON_TYPE, ApiError, NegotiatedError
 from devpitx.web.negotiate import OutsideUrl, json_preferred, outside_url
-from devpitx.web.simplepages import RenderedPage, SimplePageCache, etag_matches, page_cache
+from devpitx.web.simplepages import SimplePageCache, page_cache, respond_with_page
 
 if TYPE_CHECKING:
     from devpitx.server import Server
@@ -85,15 +85,6 @@ class Routes:
         """The resolution order, computed once per configuration change (shared with the simple pages)."""
         return self.pages.resolution_order(stage.user, stage.index,
                                            lambda: sro(self._store, stage.user, stage.index))
-
-    @staticmethod
-    def _respond(request: IRequest, page: RenderedPage) -> bytes:
-        request.setHeader(b"etag", page.etag)
-        if etag_matches(request, page.etag):
-            request.setResponseCode(304)
-            return b""
-        request.setHeader(b"content-type", page.content_type)
-        return page.body
 
     def _redirect_to_normalized(self, request: IRequest, path: str) -> bytes:
         """302 to the same route with the normalized name; the query string is dropped (§2.2)."""
@@ -140,7 +131,7 @@ class Routes:
                 # Known only in a base (with ignore_bases) is an empty answer, not a 404.
                 raise NegotiatedError(404, f"no project '{name}'")
             page = self.pages.store(key, stamp, envelope(request, "projectconfig", result), JSON_TYPE)
-        return self._respond(request, page)
+        return respond_with_page(request, page)
 
     async def _get_version(self, request: IRequest, user: str, index: str, project: str, version: str) -> bytes:
         require_json_view(request)
@@ -159,7 +150,7 @@ class Routes:
             if result is None:
                 raise ApiError(404, f"The version {version} of project {name} does not exist.")
             page = self.pages.store(key, stamp, envelope(request, "versiondata", result), JSON_TYPE)
-        return self._respond(request, page)
+        return respond_with_page(request, page)
 
     # -- DELETE --------------------------------------------------------------------------------
     async def _delete_project(self, request: IRequest, user: str, index: str, project: str) -> bytes:

@@ -44,13 +44,13 @@ from devpitx.web.simplepages import (
     RenderedPage,
     SimplePageCache,
     Stamp,
-    etag_matches,
     list_human_html,
     list_installer_html,
     list_json,
     page_cache,
     project_html,
     project_json,
+    respond_with_page,
 )
 
 if TYPE_CHECKING:
@@ -140,12 +140,7 @@ class Routes:
 
     def _respond(self, request: IRequest, page: RenderedPage) -> bytes:
         request.setHeader(b"vary", _VARY_PAGE)
-        request.setHeader(b"etag", page.etag)
-        if etag_matches(request, page.etag):
-            request.setResponseCode(304)
-            return b""
-        request.setHeader(b"content-type", page.content_type)
-        return page.body
+        return respond_with_page(request, page)
 
     # -- project lists ---------------------------------------------------------------------
     async def list_slash(self, request: IRequest, user: str, index: str) -> bytes:

@@ -160,6 +160,16 @@ def list_human_html(index_name: str, sections: Sequence[ListSection]) -> bytes:
     return "".join(parts).encode()
 
 
+def respond_with_page(request: IRequest, page: RenderedPage) -> bytes:
+    """A cached page as the answer: its ETag, and 304 when the client has it already."""
+    request.setHeader(b"etag", page.etag)
+    if etag_matches(request, page.etag):
+        request.setResponseCode(304)
+        return b""
+    request.setHeader(b"content-type", page.content_type)
+    return page.body
+
+
 def etag_matches(request: IRequest, etag: bytes) -> bool:
     """Whether ``If-None-Match`` names ``etag`` (weak comparison, as RFC 9110 wants for it)."""
     value = request.getHeader(b"if-none-match")
