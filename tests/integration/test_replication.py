@@ -143,3 +143,27 @@ def test_replica_mirror_pages_come_through_the_primary(primary: ServerProcess, c
     finally:
         replica.stop()
         upstream.stop()
+
+
+def test_files_not_replicated_yet_are_fetched_on_demand(primary: ServerProcess, clients: Clients,
+                                                        tmp_path: Path) -> None:
+    """replication.md §5.3: with file replication off, every file (and its .metadata) a client
+    asks the replica for is fetched from the primary right then, stored, and served."""
+    create_user(primary.url, "alice", "pw")
+    token = login(primary.url, "alice", "pw")
+    create_index(primary.url, "alice", token, "dev", volatile=False)
+    wheel = build_wheel(tmp_path / "dist", "lazy-pkg", "1.0")
+    clients.twine_upload(f"{primary.url}/alice/dev/", [wheel], "alice", "pw")
+    replica = start_server(tmp_path / "replica", extra_args=[
+        "--primary-url", primary.url, "--secretfile", str(primary.serverdir / ".secret"),
+        "--file-replication-skip-indexes", "all"])
+    try:
+        wait_for_serial(replica.url, current_serial(primary.url))
+        assert not list((tmp_path / "replica" / "+files").rglob("*.whl"))     # nothing replicated
+        downloaded = clients.pip_download(f"{replica.url}/alice/dev/+simple/", tmp_path / "downloads", "lazy-pkg")
+        assert [sha256_file(p) for p in downloaded] == [sha256_file(wheel)]
+        stored = list((tmp_path / "replica" / "+files").rglob("*.whl"))
+        assert [sha256_file(p) for p in stored] == [sha256_file(wheel)]
+        assert replica_status(replica.url)["replication-errors"] == {}
+    finally:
+        replica.stop()
