@@ -305,19 +305,25 @@ def run_raising(
     build_history(serverdir)
     injector = Injector(target, nth, _raise_injected)
     store = Store.open(serverdir, Clock(), checkpoint=injector.hit)
+    return raise_during(store, commit_under_test, injector, monkeypatch)
+
+
+def raise_during(store: Store, commit: Callable[[Store], object], injector: Injector,
+                 monkeypatch: pytest.MonkeyPatch) -> tuple[Store, str] | None:
+    """Run ``commit`` with ``injector`` armed: (store, "before"/"after") or None if it never fired."""
     with monkeypatch.context() as patcher:
         # raising=False: atomic.open shadows the builtin and does not exist beforehand.
         injector.install(lambda obj, name, value: patcher.setattr(obj, name, value, raising=False))
         injector.armed = True
         try:
-            commit_under_test(store)
+            commit(store)
         except StoreBroken:
             outcome = "after"
         except OSError as exc:
             assert exc.strerror == "injected failure"
             outcome = "before"
         else:
-            assert not injector.fired, f"failure of {target} #{nth} was swallowed"
+            assert not injector.fired, f"failure of {injector.target} #{injector.nth} was swallowed"
             store.close()
             return None
     assert injector.fired

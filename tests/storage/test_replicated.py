@@ -43,6 +43,7 @@ from tests.storage.test_crash import (
     TARGETS,
     Injector,
     assert_reopens_to,
+    raise_during,
     assert_same_values,
     blob_path,
     build_history,
@@ -269,22 +270,7 @@ def _run_raising(serverdir: Path, target: str, nth: int, monkeypatch: pytest.Mon
     _replica_before(serverdir, primary_entries)
     injector = Injector(target, nth, _raise_injected)
     store = open_replica(serverdir, checkpoint=injector.hit)
-    with monkeypatch.context() as patcher:
-        injector.install(lambda obj, name, value: patcher.setattr(obj, name, value, raising=False))
-        injector.armed = True
-        try:
-            apply(store, primary_entries[BEFORE_SERIAL + 1])
-        except StoreBroken:
-            outcome = "after"
-        except OSError as exc:
-            assert exc.strerror == "injected failure"
-            outcome = "before"
-        else:
-            assert not injector.fired, f"failure of {target} #{nth} was swallowed"
-            store.close()
-            return None
-    assert injector.fired
-    return store, outcome
+    return raise_during(store, lambda s: apply(s, primary_entries[BEFORE_SERIAL + 1]), injector, monkeypatch)
 
 
 _CRASHED, _COMPLETED, _ERROR = 17, 18, 19
