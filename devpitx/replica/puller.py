@@ -14,9 +14,12 @@ The primary's uuid is recorded on the first answer; an answer from a primary
 with another uuid is fatal (exit code 3): the replica belongs to a different
 primary and waiting will not heal that.
 
-Applying is synchronous on the reactor thread (one small journal write per
-entry, like a local commit), but a long catch-up gives the reactor a turn
-every APPLY_SLICE_SECONDS, and the body is paused while unapplied lines pile up.
+Applying is synchronous on the reactor thread. A line that arrives alone is
+committed on its own, like a local commit; the lines that arrived together
+(a catch-up) are committed as a group of up to GROUP_LINES entries made
+durable by one filesystem sync (``Store.apply_replicated_group``), instead of
+two fsyncs per entry. A long catch-up gives the reactor a turn every
+APPLY_SLICE_SECONDS, and the body is paused while unapplied lines pile up.
 """
 from __future__ import annotations
 
@@ -60,6 +63,8 @@ MAX_ERROR_BODY_BYTES = 64 * 1024
 HIGH_WATER_LINES = 256
 LOW_WATER_LINES = 32
 APPLY_SLICE_SECONDS = 0.02
+# At most this many entries share one filesystem sync; bounds the reactor's time per group.
+GROUP_LINES = 128
 
 EXIT_OTHER_PRIMARY = 3
 EXIT_STORE_BROKEN = 1
@@ -171,6 +176,16 @@ class ChangeLines(Protocol):
         d: Deferred[bytes | None] = Deferred(self._cancelled)
         self._waiter = d
         return d
+
+    def ready_lines(self, limit: int) -> list[bytes]:
+        """Up to ``limit`` complete lines that are already here, without waiting."""
+        taken: list[bytes] = []
+        while self._lines and len(taken) < limit:
+            taken.append(self._lines.popleft())
+        if self._paused and len(self._lines) <= LOW_WATER_LINES and self.transport is not None:
+            self._paused = False
+            cast(IPushProducer, self.transport).resumeProducing()
+        return taken
 
     def _cancelled(self, d: Deferred[bytes | None]) -> None:
         if self._waiter is d:
@@ -300,14 +315,32 @@ class ChangelogPuller:
         if self._status.check_metadata_in_sync() and self._on_in_sync is not None:
             self._on_in_sync()
 
-    def _apply(self, entry: Entry, raw: bytes | None) -> None:
+    async def _apply_lines(self, lines: list[bytes]) -> int:
+        return await self._apply_parsed(lines, parse_entry, raw=True)
+
+    async def _apply_parsed(self, records: list[Any], parse: Callable[[Any], Entry], *, raw: bool) -> int:
+        """Parse and commit ``records``; the ones before an unreadable record are committed first."""
+        group: list[tuple[Entry, bytes | None]] = []
         try:
-            self._store.apply_replicated(entry, raw)
+            for record in records:
+                group.append((parse(record), record if raw else None))
+        finally:
+            if group:
+                await self._apply(group)
+        return len(group)
+
+    async def _apply(self, group: list[tuple[Entry, bytes | None]]) -> None:
+        """Commit consecutive entries (one, or a group sharing one sync)."""
+        before = self._store.serial
+        try:
+            await self._store.apply_replicated_group(group, self._run_blocking)
         except StoreBroken as exc:
             raise _Fatal(EXIT_STORE_BROKEN, f"the store needs a restart: {exc}") from exc
-        self._status.applied(entry.serial)
-        self.log.debug("applied serial {serial} from {primary}", serial=entry.serial,
-                       primary=self._client.primary_url)
+        finally:
+            if self._store.serial > before:
+                self._status.applied(self._store.serial)
+        self.log.debug("applied serials {first}..{last} from {primary}", first=group[0][0].serial,
+                       last=group[-1][0].serial, primary=self._client.primary_url)
 
     async def _apply_stream(self, response: IResponse) -> int:
         lines = ChangeLines()
@@ -325,8 +358,7 @@ class ChangelogPuller:
                 if not self.running:
                     lines.abort()
                     return applied
-                self._apply(parse_entry(line), line)
-                applied += 1
+                applied += await self._apply_lines([line, *lines.ready_lines(GROUP_LINES - 1)])
                 if time.perf_counter() - slice_started > APPLY_SLICE_SECONDS:
                     await deferLater(self._clock, 0)     # requests get their turn during a catch-up
                     slice_started = time.perf_counter()
@@ -350,11 +382,10 @@ class ChangelogPuller:
             raise ChangelogError("change records are not a list")
         applied = 0
         slice_started = time.perf_counter()
-        for record in records:
+        for start in range(0, len(records), GROUP_LINES):
             if not self.running:
                 break
-            self._apply(entry_from_json(record), None)
-            applied += 1
+            applied += await self._apply_parsed(records[start:start + GROUP_LINES], entry_from_json, raw=False)
             if time.perf_counter() - slice_started > APPLY_SLICE_SECONDS:
                 await deferLater(self._clock, 0)
                 slice_started = time.perf_counter()

@@ -5,6 +5,13 @@ so that no directory holds more than a thousand entries. An entry is
 ``{"serial": N, "at": <unix time>, "changes": {key: value-or-null}, "blobs": [sha256, ...]}``.
 Serials start at 0 and have no gaps; an entry becomes visible (committed) the
 moment its final name exists, which ``publish_new`` makes atomic and durable.
+
+A replica catching up writes entries in groups made durable by one
+filesystem sync (``append(..., durable=False)`` then ``sync``). A crash
+inside a group can leave a torn tail: entries after the last sync that are
+empty, partly written or missing. Such a journal is opened with
+``torn_tail_possible`` and cut back with ``truncate_after``; the primary
+sends the lost entries again.
 """
 from __future__ import annotations
 
@@ -15,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devpitx.storage.atomic import is_tmp_name, make_dirs, publish_new
+from devpitx.storage.atomic import fsync_dir, is_tmp_name, make_dirs, publish_new, sync_filesystem
 
 
 class JournalCorrupt(Exception):
@@ -45,26 +52,47 @@ class Entry:
 
 
 class Journal:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, torn_tail_possible: bool = False) -> None:
+        """``torn_tail_possible``: a gap at the end is a torn group (see the module doc), not corruption."""
         self.root = root
+        self._torn_tail_possible = torn_tail_possible
         make_dirs(self.root)
         self.last_serial = self._find_last_serial()
 
     def path_for(self, serial: int) -> Path:
         return self.root / f"{serial // 1_000_000:03d}" / f"{serial // 1000 % 1000:03d}" / f"{serial:09d}.json"
 
-    def append(self, entry: Entry, raw: bytes | None = None) -> None:
-        """Durably publish ``entry``; it must be the next serial.
+    def append(self, entry: Entry, raw: bytes | None = None, *, durable: bool = True) -> None:
+        """Publish ``entry``, durably unless ``durable=False``; it must be the next serial.
 
         ``raw``: the entry's encoding as another node stored it (replicas copy
         the primary's journal byte for byte); by default ``entry.to_bytes()``.
+        ``durable=False``: the entry is durable only after the next :meth:`sync`.
         """
         if entry.serial != self.last_serial + 1:
             raise JournalCorrupt(f"serial {entry.serial} does not follow {self.last_serial}")
         path = self.path_for(entry.serial)
         make_dirs(path.parent)
-        publish_new(path, entry.to_bytes() if raw is None else raw)
+        publish_new(path, entry.to_bytes() if raw is None else raw, durable=durable)
         self.last_serial = entry.serial
+
+    def sync(self) -> None:
+        """Make every entry appended so far durable (one filesystem sync for a whole group)."""
+        sync_filesystem(self.root)
+
+    def truncate_after(self, serial: int) -> list[int]:
+        """Delete every entry after ``serial`` (a torn tail); returns the serials removed."""
+        removed = []
+        for later in range(serial + 1, self.last_serial + 1):
+            try:
+                self.path_for(later).unlink()
+            except FileNotFoundError:
+                continue
+            removed.append(later)
+        for directory in sorted({self.path_for(s).parent for s in removed}):
+            fsync_dir(directory)
+        self.last_serial = serial
+        return removed
 
     def read_bytes(self, serial: int) -> bytes:
         try:
@@ -114,7 +142,7 @@ class Journal:
                 if names:
                     last = int(names[-1][: -len(".json")])
                     # Contiguity is checked cheaply at the tail; fsck checks it all.
-                    if last > 0 and not self.path_for(last - 1).exists():
+                    if last > 0 and not self._torn_tail_possible and not self.path_for(last - 1).exists():
                         raise JournalCorrupt(f"journal has a gap before serial {last}")
                     return last
         return -1

@@ -76,8 +76,12 @@ class StateTree:
                     self._remember_path(key)
                 self._values[key] = value
 
-    def persist(self, changes: Mapping[str, Any]) -> None:
-        """Write the changed keys' files durably (``write_serial`` records them as applied)."""
+    def persist(self, changes: Mapping[str, Any], *, durable: bool = True) -> None:
+        """Write the changed keys' files (``write_serial`` records them as applied).
+
+        ``durable=False`` leaves every fsync to one later ``sync_filesystem``,
+        which must come before ``write_serial``.
+        """
         dirs: set[Path] = set()
         for key, value in changes.items():
             path = self.root / state_relpath(key)
@@ -89,10 +93,11 @@ class StateTree:
             else:
                 make_dirs(path.parent)
                 data = json.dumps({"key": key, "value": value}, separators=(",", ":"), ensure_ascii=False)
-                atomic_write(path, data.encode(), sync_dir=False, tmp_dir=self.tmp_dir)
+                atomic_write(path, data.encode(), sync_dir=False, tmp_dir=self.tmp_dir, sync_file=durable)
             dirs.add(path.parent)
-        for directory in dirs:
-            fsync_dir(directory)
+        if durable:
+            for directory in dirs:
+                fsync_dir(directory)
 
     @property
     def tmp_dir(self) -> Path:

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import fcntl
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from devpitx.storage.atomic import atomic_write, make_dirs
+from devpitx.storage.atomic import atomic_write, make_dirs, sync_filesystem
 from devpitx.storage.blobs import BlobStore
 from devpitx.storage.flusher import StateFlusher
 from devpitx.storage.journal import Entry, Journal, JournalCorrupt
@@ -54,6 +54,8 @@ COMMIT_STEPS = ("before-journal", "after-journal", "after-state", "after-files")
 SNAPSHOT_FILE = "state-snapshot.json"
 SNAPSHOT_FORMAT = 1
 SNAPSHOT_EVERY = 2000
+# State batches with more keys than this are made durable by one filesystem sync.
+FSYNC_EACH_UP_TO_KEYS = 16
 
 
 class StoreLocked(Exception):
@@ -116,7 +118,7 @@ class Store:
         make_dirs(serverdir)
         store._lock()
         try:
-            store.journal = Journal(serverdir / "journal")
+            store.journal = Journal(serverdir / "journal", torn_tail_possible=replica)
             store.journal.remove_stray_tmp_files()
             store.blobs = BlobStore(serverdir / "blobs", serverdir / "+files", serverdir / "tmp")
             store.blobs.clear_tmp()
@@ -170,19 +172,39 @@ class Store:
         # state/.serial are (re)written to the key files, merged into one batch.
         unwritten: dict[str, Any] = {}
         replayed = 0
-        for entry in self.journal.entries(min(self.state.serial, disk_serial) + 1):
-            if entry.serial > self.state.serial:
-                self.state.apply_in_memory(entry.changes)
-                self.state.serial = entry.serial
-                replayed += 1
-            if entry.serial > disk_serial:
-                unwritten.update(entry.changes)
+        read_up_to = start = min(self.state.serial, disk_serial)
+        try:
+            for entry in self.journal.entries(start + 1):
+                if entry.serial > self.state.serial:
+                    self.state.apply_in_memory(entry.changes)
+                    self.state.serial = entry.serial
+                    replayed += 1
+                if entry.serial > disk_serial:
+                    unwritten.update(entry.changes)
+                read_up_to = entry.serial
+        except JournalCorrupt as exc:
+            self._cut_torn_tail(exc, read_up_to, max(self.state.serial, disk_serial))
         if unwritten:
             self._write_batch(unwritten, self.journal.last_serial)
         if replayed:
             self.log.info("replayed {count} journal entries up to serial {serial}", count=replayed, serial=self.serial)
         if self.journal.last_serial >= 0:
             self.last_commit_at = self.journal.read(self.journal.last_serial).at
+
+    def _cut_torn_tail(self, unreadable: JournalCorrupt, readable_up_to: int, relied_on_up_to: int) -> None:
+        """Drop the entries after ``readable_up_to`` if they are a torn replicated group, else raise.
+
+        Only a replica writes groups that can tear (``apply_replicated_group``),
+        and a torn entry was never relied on: state files and snapshots only
+        follow durable entries. Anything else unreadable is corruption.
+        """
+        if not self.replica or readable_up_to < relied_on_up_to:
+            raise unreadable
+        last = self.journal.last_serial
+        removed = self.journal.truncate_after(readable_up_to)
+        self.log.warn("dropped journal entries {first}..{last} that were not durable when the replica "
+                      "stopped ({count} files); the primary sends them again",
+                      first=readable_up_to + 1, last=last, count=len(removed))
 
     def _read_snapshot(self) -> tuple[int, list[list[Any]]] | None:
         path = self.serverdir / "cache" / SNAPSHOT_FILE
@@ -278,11 +300,75 @@ class Store:
         and changes nothing (replicating it would fork the history). Blobs
         the entry names need not be here yet.
         """
+        self._check_replication_possible()
+        self._check_replicable(entry, self.journal.last_serial + 1)
+        self._publish(entry, raw)
+
+    async def apply_replicated_group(self, group: Sequence[tuple[Entry, bytes | None]],
+                                     run_blocking: RunBlocking) -> None:
+        """``apply_replicated`` for consecutive entries, made durable together by one filesystem sync.
+
+        A catch-up of thousands of entries would otherwise pay two fsyncs per
+        entry. The entries are written without syncing, the filesystem is
+        synced once by ``run_blocking`` (a thread: the sync also flushes
+        whatever else is dirty, such as replicated files), and only then does
+        the store apply them (memory, waiters, listeners, state files):
+        nothing outside the journal ever depends on an entry that is not
+        durable. A crash before the sync leaves a torn tail that the next open
+        of the replica cuts off (the primary sends those entries again). A
+        group of one is an ordinary durable commit.
+
+        The entries up to the first one that is refused are committed; then
+        ReplicationRefused is raised for it. One group at a time.
+        """
+        self._check_replication_possible()
+        accepted: list[tuple[Entry, bytes | None]] = []
+        refused: ReplicationRefused | None = None
+        for entry, raw in group:
+            try:
+                self._check_replicable(entry, self.journal.last_serial + 1 + len(accepted))
+            except ReplicationRefused as exc:
+                refused = exc
+                break
+            accepted.append((entry, raw))
+        if len(accepted) == 1:
+            self._publish(*accepted[0])
+        elif accepted:
+            await self._publish_group([entry for entry, _raw in accepted], [raw for _entry, raw in accepted],
+                                      run_blocking)
+        if refused is not None:
+            raise refused
+
+    async def _publish_group(self, entries: list[Entry], raws: list[bytes | None],
+                             run_blocking: RunBlocking) -> None:
+        self._in_txn = True     # nothing else commits until the group is applied
+        try:
+            self._checkpoint("before-journal")
+            first = entries[0].serial
+            try:
+                for entry, raw in zip(entries, raws, strict=True):
+                    self.journal.append(entry, raw, durable=False)
+                await run_blocking(self.journal.sync)
+            except BaseException as exc:
+                if self.journal.path_for(first).exists():
+                    # Published but not confirmed durable: only a restart can tell.
+                    self._broken = f"replicated serials from {first} failed after publishing"
+                    if not isinstance(exc, GeneratorExit):     # a discarded coroutine must just end
+                        raise StoreBroken(self._broken) from None
+                raise
+        finally:
+            self._in_txn = False
+        for entry in entries:
+            self._apply_published(entry)
+
+    def _check_replication_possible(self) -> None:
         if self._broken:
             raise StoreBroken(self._broken)
         if self._in_txn:
-            raise RuntimeError("replicated entry applied inside a write transaction")
-        expected = self.journal.last_serial + 1
+            raise RuntimeError("replicated entry applied while another commit is in progress")
+
+    def _check_replicable(self, entry: Entry, expected: int) -> None:
+        """ReplicationRefused unless ``entry`` is serial ``expected`` and could be applied."""
         if entry.serial != expected:
             raise ReplicationRefused(f"replicated serial {entry.serial} is not the next serial {expected}")
         problem = _malformed(entry)
@@ -292,11 +378,9 @@ class Store:
             self._check_applicable(entry.changes)
         except ValueError as exc:
             raise ReplicationRefused(f"replicated serial {entry.serial}: {exc}") from None
-        self._publish(entry, raw)
 
     def _publish(self, entry: Entry, raw: bytes | None = None) -> None:
         """Steps 2-4 of the commit order for ``entry``, the next serial, already checked applicable."""
-        changes = entry.changes
         self._checkpoint("before-journal")
         try:
             self.journal.append(entry, raw)
@@ -306,6 +390,11 @@ class Store:
                 self._broken = f"commit of serial {entry.serial} failed after publishing"
                 raise StoreBroken(self._broken) from None
             raise
+        self._apply_published(entry)
+
+    def _apply_published(self, entry: Entry) -> None:
+        """Steps 3-4 for ``entry``, whose journal entry is durable."""
+        changes = entry.changes
         try:
             self._checkpoint("after-journal")
             self._update_digest_index(entry.changes)
@@ -392,13 +481,22 @@ class Store:
 
     def _write_batch(self, changes: Mapping[str, Any], serial: int) -> None:
         """Make state/ and +files/ reflect ``changes``, the merged changes of all entries up to
-        ``serial`` not yet written (idempotent; runs in the flusher's thread in the server)."""
-        self.state.persist(changes)
+        ``serial`` not yet written (idempotent; runs in the flusher's thread in the server).
+
+        A big batch (a catch-up, a replay) skips the fsync of each key file
+        and makes them all durable with one filesystem sync before
+        ``state/.serial`` moves: thousands of fsyncs would keep the disk busy
+        for seconds, and until ``.serial`` moves replay rewrites every key anyway.
+        """
+        one_sync = len(changes) > FSYNC_EACH_UP_TO_KEYS
+        self.state.persist(changes, durable=not one_sync)
         self._checkpoint("after-state")
         for key, value in changes.items():
             if key.startswith("file/"):
                 self._sync_file_link(relpath_of_file_key(key), value)
         self._checkpoint("after-files")
+        if one_sync:
+            sync_filesystem(self.state.root)
         self.state.write_serial(serial)
 
     def _check_applicable(self, changes: Mapping[str, Any]) -> None:

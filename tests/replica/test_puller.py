@@ -16,6 +16,7 @@ from devpitx.auth.tokens import ReplicaTokens
 from devpitx.replica.primary_client import STREAM_ACCEPT
 from devpitx.replica.puller import (
     EXIT_OTHER_PRIMARY,
+    GROUP_LINES,
     HIGH_WATER_LINES,
     LOW_WATER_LINES,
     RETRY_SECONDS,
@@ -104,6 +105,43 @@ class CatchUpTests(ReplicaCase):
         self.assertEqual({r.headers["accept"] for r in answers}, {"application/json"})
         for serial in range(self.primary_store.serial + 1):
             self.assertEqual(self.store.journal.read_bytes(serial), self.primary_store.journal.read_bytes(serial))
+
+
+class GroupCommitTests(ReplicaCase):
+    def count_syncs(self) -> list[int]:
+        """Serials reached by each journal sync (one per group of lines)."""
+        syncs: list[int] = []
+        real = self.store.journal.sync
+
+        def counted() -> None:
+            syncs.append(self.store.journal.last_serial)
+            real()
+
+        self.store.journal.sync = counted  # type: ignore[method-assign]
+        return syncs
+
+    def test_lines_that_arrive_together_share_one_sync_per_group(self) -> None:
+        syncs = self.count_syncs()
+        self.commit_users(600)
+        self.start()
+        self.pump_until(self.caught_up)
+        # 600 entries, at most GROUP_LINES each: a handful of syncs instead of 1,200 fsyncs.
+        self.assertGreaterEqual(len(syncs), 600 // GROUP_LINES)
+        self.assertLess(len(syncs), 30)
+        self.assertEqual(syncs, sorted(syncs))
+        self.assertTrue(all(b - a <= GROUP_LINES for a, b in zip([-1, *syncs], syncs)))
+        for serial in range(self.primary_store.serial + 1):
+            self.assertEqual(self.store.journal.read_bytes(serial), self.primary_store.journal.read_bytes(serial))
+
+    def test_a_line_that_arrives_alone_is_committed_on_its_own(self) -> None:
+        self.commit_users(3)
+        self.start()
+        self.pump_until(lambda: self.caught_up() and self.primary.waiting == 1)
+        syncs = self.count_syncs()
+        self.commit_users(1)
+        self.pump()
+        self.assertTrue(self.caught_up())
+        self.assertEqual(syncs, [])        # fsynced by itself: no wait for a group
 
 
 class LongPollTests(ReplicaCase):
