@@ -4,10 +4,15 @@
 needs it (the file queue, a client waiting in ``fetch_now``), and hands each
 caller its own Deferred, so a caller that goes away stops nothing. A fetch
 first looks in ``--replica-file-search-path`` (copy or hard link, verified),
+then, for the core metadata of a wheel that is here already, extracts the
+METADATA file from the wheel (PEP 658 metadata is those bytes; no request),
 then GETs ``<primary>/<relpath>`` with the replica headers: the body is
-written to ``tmp/`` and hashed chunk by chunk as it arrives (never held in
-memory, per-chunk work independent of the file size), then size and every
-known hash are verified and the store adopts it, without a serial.
+hashed chunk by chunk as it arrives and kept in memory up to SPILL_BYTES,
+beyond that written to ``tmp/`` (per-chunk work independent of the file
+size), then size and every known hash are verified and the store adopts it,
+without a serial. Blobs that finish while an adoption is running are adopted
+together with the next one: one trip to a disk thread and one filesystem
+sync for the group (``Store.adopt_replicated_blobs``).
 
 The outcome is ``stored``, ``absent`` (302, 410, and 404/502 of mirror
 files: nothing to replicate) or ``failed`` (the message goes into the
@@ -32,12 +37,15 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
 from devpitx.mirror.upstream import describe_error, discard_body
+from devpitx.model.distmeta import ArchiveError, wheel_core_metadata
 from devpitx.replica.primary_client import PrimaryClient, PrimaryUnreachable
 from devpitx.runtime import RunBlocking
 from devpitx.storage.blobs import COPY_CHUNK_BYTES, BlobStore
 from devpitx.storage.store import Store, link_digests
 
 METADATA_SUFFIX = ".metadata"
+# Bodies up to this size stay in memory until adopted; larger ones go to a file in tmp/.
+SPILL_BYTES = 1024 * 1024
 _SKIPPED_HASHES = frozenset({"shake_128", "shake_256"})   # variable length: not comparable as text
 
 log = Logger()
@@ -71,6 +79,7 @@ class WantedBlob:
     mirror: bool                       # belongs to a mirror index (404/502 are no errors)
     project: str | None = None         # for the export layout of the search path
     version: str | None = None
+    wheel_sha256: str | None = None    # core metadata of this wheel blob: extractable from it
 
 
 @dataclass(frozen=True)
@@ -105,7 +114,8 @@ def wanted_blobs(relpath: str, entry: Mapping[str, Any], index_type: str | None)
                                  version if isinstance(version, str) else None))
     if isinstance(metadata, str) and isinstance(content, str):
         wanted.append(WantedBlob(relpath, relpath + METADATA_SUFFIX, metadata, {"sha256": metadata.lower()},
-                                 None, mirror))
+                                 None, mirror,
+                                 wheel_sha256=content if relpath.lower().endswith(".whl") else None))
     return wanted
 
 
@@ -188,6 +198,18 @@ def stage_from_search_path(blobs: BlobStore, root: Path, wanted: WantedBlob, har
     return None
 
 
+def core_metadata_from_wheel(blobs: BlobStore, wanted: WantedBlob) -> bytes | None:
+    """The METADATA bytes of the stored wheel ``wanted`` belongs to, if they hash to ``wanted``; else None."""
+    if wanted.wheel_sha256 is None or not blobs.has(wanted.wheel_sha256):
+        return None
+    filename = wanted.relpath.rsplit("/", 1)[-1]
+    try:
+        data = wheel_core_metadata(blobs.path_for(wanted.wheel_sha256), filename)
+    except (ArchiveError, OSError):
+        return None
+    return data if hashlib.sha256(data).hexdigest() == wanted.sha256 else None
+
+
 def presence_of(blobs: BlobStore, checks: list[tuple[str, str | None, str | None]]) -> list[tuple[str, bool, list[str]]]:
     """For (relpath, content sha256, metadata sha256) items: (relpath, some blob missing,
     present blobs whose ``+files/`` link is missing, e.g. after a crash right after adopting)."""
@@ -212,11 +234,17 @@ def presence_of(blobs: BlobStore, checks: list[tuple[str, str | None, str | None
 
 
 # -- the download ------------------------------------------------------------------------------------
-class _BodyToFile(Protocol):
-    """Writes a response body to ``fd``, hashing as it goes; drops the connection when idle."""
+class _BodySink(Protocol):
+    """Takes a response body, hashing as it goes: in memory up to ``spill_bytes``, beyond that in a
+    file in ``spill_dir``; drops the connection when idle. :meth:`discard` releases what it holds."""
 
-    def __init__(self, fd: int, hashes: _Hashes, clock: IReactorTime, idle_seconds: float) -> None:
-        self._fd = fd
+    def __init__(self, spill_dir: Path, hashes: _Hashes, clock: IReactorTime, idle_seconds: float,
+                 spill_bytes: int) -> None:
+        self._spill_dir = spill_dir
+        self._spill_bytes = spill_bytes
+        self._chunks: list[bytes] = []
+        self._fd = -1
+        self._path: Path | None = None
         self._hashes = hashes
         self._clock = clock
         self._idle_seconds = idle_seconds
@@ -250,9 +278,15 @@ class _BodyToFile(Protocol):
         if self.problem is not None:
             return
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view):]
+            if self._fd < 0 and self.size + len(data) > self._spill_bytes:
+                fd, name = tempfile.mkstemp(dir=self._spill_dir, prefix="replica-")
+                self._fd, self._path = fd, Path(name)
+                self._write_file(b"".join(self._chunks))
+                self._chunks.clear()
+            if self._fd >= 0:
+                self._write_file(data)
+            else:
+                self._chunks.append(data)
         except OSError as exc:
             self.problem = f"cannot write the download: {exc}"
             self._stop()
@@ -261,8 +295,14 @@ class _BodyToFile(Protocol):
         self.size += len(data)
         self._arm()
 
+    def _write_file(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+
     def connectionLost(self, reason: Failure = ResponseDone) -> None:  # type: ignore[assignment]
         self._disarm()
+        self._close_file()
         if self.done.called:
             return
         if self.problem is None and reason.check(ResponseDone, PotentialDataLoss):
@@ -270,6 +310,66 @@ class _BodyToFile(Protocol):
         else:
             self.done.errback(Failure(OSError(self.problem or f"download broke off after {self.size} bytes: "
                                                                 f"{reason.getErrorMessage()}")))
+
+    def _close_file(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def take_content(self) -> bytes | Path:
+        """The whole body (after ``done``): bytes, or the file in ``spill_dir`` holding it, which
+        the taker now owns."""
+        if self._path is None:
+            return b"".join(self._chunks)
+        path, self._path = self._path, None
+        return path
+
+    def discard(self) -> None:
+        self._close_file()
+        self._chunks.clear()
+        if self._path is not None:
+            self._path.unlink(missing_ok=True)
+
+
+class _GroupAdopter:
+    """Hands verified blobs to the store in groups: whatever finished while one adoption ran
+    goes into the next, so a burst of small files costs one disk trip and one sync per group."""
+
+    log = Logger()
+
+    def __init__(self, store: Store, run_disk: RunBlocking) -> None:
+        self._store = store
+        self._run_disk = run_disk
+        self._pending: list[tuple[bytes | Path, str, Deferred[None]]] = []
+        self._running = False
+
+    def adopt(self, content: bytes | Path, sha256: str) -> Deferred[None]:
+        """Fires once ``content`` is blob ``sha256`` and linked (a file in tmp/ is consumed)."""
+        stored: Deferred[None] = Deferred()
+        self._pending.append((content, sha256, stored))
+        if not self._running:
+            self._running = True
+            Deferred.fromCoroutine(self._adopt_groups())
+        return stored
+
+    async def _adopt_groups(self) -> None:
+        try:
+            while self._pending:
+                group, self._pending = self._pending, []
+                try:
+                    await self._store.adopt_replicated_blobs([(content, sha256) for content, sha256, _ in group],
+                                                             self._run_disk)
+                except Exception:
+                    failure = Failure()
+                    for _content, _sha256, stored in group:
+                        if not stored.called:
+                            stored.errback(failure)
+                    continue
+                for _content, _sha256, stored in group:
+                    if not stored.called:     # cancelled by a caller that went away
+                        stored.callback(None)
+        finally:
+            self._running = False
 
 
 class BlobFetcher:
@@ -287,6 +387,7 @@ class BlobFetcher:
         self._in_flight: dict[str, Deferred[Outcome]] = {}   # sha256 -> its running fetch
         self._waiting: dict[str, list[Deferred[Outcome]]] = {}
         self._tasks: set[Deferred[Any]] = set()
+        self._adopter = _GroupAdopter(store, run_disk)
 
     def stop(self) -> Deferred[Any]:
         """Abandon every running fetch; fires once they are gone."""
@@ -323,6 +424,12 @@ class BlobFetcher:
             waiter.callback(result)
 
     async def _fetch(self, wanted: WantedBlob, follow_redirects: bool) -> Outcome:
+        if wanted.wheel_sha256 is not None and self._store.blobs.has(wanted.wheel_sha256):
+            metadata = await self._run_disk(core_metadata_from_wheel, self._store.blobs, wanted)
+            if metadata is not None:
+                await self._adopter.adopt(metadata, wanted.sha256)
+                self.log.debug("replicated {relpath} from its wheel", relpath=wanted.url_relpath)
+                return Outcome("stored", "the wheel")
         if self._settings.search_path is not None:
             staged = await self._run_disk(stage_from_search_path, self._store.blobs, self._settings.search_path,
                                           wanted, self._settings.hard_links)
@@ -333,10 +440,7 @@ class BlobFetcher:
         return await self._download(wanted, follow_redirects)
 
     async def _adopt(self, path: Path, sha256: str) -> None:
-        try:
-            await self._store.adopt_replicated_blob(path, sha256, self._run_disk)
-        finally:
-            path.unlink(missing_ok=True)   # adopt moved it, unless it failed
+        await self._adopter.adopt(path, sha256)     # consumes the file, even when it fails
 
     async def _download(self, wanted: WantedBlob, follow_redirects: bool) -> Outcome:
         url = self._client.file_url(wanted.url_relpath)
@@ -353,11 +457,10 @@ class BlobFetcher:
                 self.log.warn("file replication: {url} answered {code} (mirror file)", url=url, code=response.code)
                 return Outcome("absent", url, f"{url}: received {response.code} from primary")
             return Outcome("failed", url, f"{url}: received {response.code} from primary")
-        fd, name = tempfile.mkstemp(dir=self._store.blobs.tmp_dir, prefix="replica-")
-        tmp = Path(name)
+        hashes = _Hashes(wanted.hashes)
+        body = _BodySink(self._store.blobs.tmp_dir, hashes, self._clock, self._settings.body_idle_seconds,
+                         SPILL_BYTES)
         try:
-            hashes = _Hashes(wanted.hashes)
-            body = _BodyToFile(fd, hashes, self._clock, self._settings.body_idle_seconds)
             response.deliverBody(body)
             try:
                 await body.done
@@ -365,18 +468,13 @@ class BlobFetcher:
                 raise
             except Exception as exc:
                 return Outcome("failed", url, f"{url}: {describe_error(exc)}")
-            finally:
-                os.close(fd)
-                fd = -1
             length = response.length if isinstance(response.length, int) else None   # not UNKNOWN_LENGTH
             problem = verification_problem(wanted, body.size, hashes.digests(), length)
             if problem:
                 return Outcome("failed", url, f"{url}: {problem}")
-            await self._adopt(tmp, wanted.sha256)
+            await self._adopter.adopt(body.take_content(), wanted.sha256)
         finally:
-            if fd >= 0:
-                os.close(fd)
-            tmp.unlink(missing_ok=True)
+            body.discard()
         self.log.info("replicated {relpath} ({size} bytes)", relpath=wanted.url_relpath, size=body.size)
         return Outcome("stored", url)
 

@@ -16,10 +16,10 @@ import hashlib
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from devpitx.storage.atomic import fsync_dir, make_dirs, tmp_name_for
+from devpitx.storage.atomic import fsync_dir, make_dirs, sync_filesystem, tmp_name_for
 
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 COPY_CHUNK_BYTES = 1024 * 1024
@@ -66,6 +66,42 @@ class BlobStore:
         src.unlink()
         fsync_dir(target.parent)
         return target
+
+    def adopt_replicated(self, items: Sequence[tuple[bytes | Path, str]]) -> None:
+        """Store contents a replica fetched and verified, all made durable by one filesystem sync.
+
+        Each item is the content (bytes, or a file in tmp/ that is consumed)
+        and its sha256, which the caller vouches for. The contents are written
+        unsynced, the filesystem is synced once, and only then do names in
+        ``blobs/`` point at them: a blob that exists is always complete. The
+        new names themselves are not fsynced; one lost in a crash is a
+        missing blob, which file replication fetches again, and a crash
+        leaves only tmp/ files, which opening the store removes.
+        """
+        staged = [(content, sha256) for content, sha256 in items if isinstance(content, Path)]
+        try:
+            for _content, sha256 in items:
+                self.path_for(sha256)    # a malformed digest fails before anything is written
+            for content, sha256 in items:
+                if isinstance(content, Path):
+                    continue
+                fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="replicated-")
+                staged.append((Path(name), sha256))
+                with os.fdopen(fd, "wb") as f:
+                    f.write(content)
+            sync_filesystem(self.tmp_dir)
+            for path, sha256 in staged:
+                target = self.path_for(sha256)
+                if target.exists():
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(path, target)
+                except FileExistsError:
+                    pass  # the same content arrived twice in this group
+        finally:
+            for path, _sha256 in staged:
+                path.unlink(missing_ok=True)
 
     def put_bytes(self, data: bytes) -> str:
         """Store small contents (toxresults, metadata files); returns the sha256."""

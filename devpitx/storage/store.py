@@ -422,18 +422,26 @@ class Store:
         relpaths of the current file entries whose ``+files/`` links now point
         at it (``<relpath>.metadata`` for core metadata).
         """
-        await run_blocking(self.blobs.adopt, src, sha256)
-        return self.link_blob(sha256)
+        linked = await self.adopt_replicated_blobs([(src, sha256)], run_blocking)
+        return linked[0]
+
+    async def adopt_replicated_blobs(self, items: Sequence[tuple[bytes | Path, str]],
+                                     run_blocking: RunBlocking) -> list[list[str]]:
+        """``adopt_replicated_blob`` for several verified contents (bytes or files in tmp/) at once,
+        with one filesystem sync (``BlobStore.adopt_replicated``); the linked relpaths of each."""
+        await run_blocking(self.blobs.adopt_replicated, items)
+        return [self.link_blob(sha256) for _content, sha256 in items]
 
     def link_blob(self, sha256: str) -> list[str]:
         """Create the ``+files/`` links of every current file entry that names blob ``sha256``
         (none while the blob is not stored); returns their relpaths.
 
-        Goes through the state flusher like a commit's links, in order with
-        them: a later commit of the same key wins. The key's current value
-        is re-submitted, which rewrites its (unchanged) state file; replay
-        after a crash only covers journal entries, so a blob adopted just
-        before a crash is linked again by the next file replication pass.
+        The links are made by the state flusher's thread, from the keys'
+        values as they are when it gets there: a commit of the same key
+        before or after syncs the same links from the same or a newer value,
+        so the last value always wins. Replay after a crash only covers
+        journal entries; a blob adopted just before a crash is linked again
+        by the next file replication pass.
         """
         if self._broken:
             raise StoreBroken(self._broken)
@@ -441,7 +449,7 @@ class Store:
         if not keys or not self.blobs.has(sha256):
             return []
         assert self._flusher is not None
-        self._flusher.submit({key: self.state.get(key) for key in keys}, self.serial)
+        self._flusher.submit_job(lambda: self._sync_file_links_of(keys))
         linked = []
         for key in keys:
             relpath = relpath_of_file_key(key)
@@ -515,6 +523,10 @@ class Store:
                         if not isinstance(digest, str):
                             raise ValueError(f"file entry {relpath}: digest {digest!r} is not a string")
                         self.blobs.path_for(digest)  # raises for a malformed digest
+
+    def _sync_file_links_of(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self._sync_file_link(relpath_of_file_key(key), self.state.get(key))
 
     def _sync_file_link(self, relpath: str, entry: Any) -> None:
         """``+files/<relpath>`` (and ``<relpath>.metadata``) exist iff the entry has content."""

@@ -1,11 +1,15 @@
 """File replication against a primary speaking the wire format (replication.md §5.2, §5.3)."""
 from __future__ import annotations
 
+import io
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
-from devpitx.replica import puller
+from twisted.internet.defer import Deferred
+
+from devpitx.replica import filefetch, puller
 from devpitx.replica.filerepl import MAX_RETRY_SECONDS, FileFetchFailed
 from devpitx.replica.service import ReplicaService, ReplicaSettings
 from devpitx.runtime import run_inline
@@ -175,6 +179,89 @@ class DownloadTests(FileCase):
         self.pump_until(lambda: restarted.status.files_in_sync_at is not None)
         self.assertTrue(self.linked(wheel.relpath, wheel.sha256))
         self.assertEqual(len(self.primary.file_requests(wheel.relpath)), 1)
+
+
+def wheel_bytes(name: str, version: str, metadata: bytes) -> bytes:
+    """A minimal real wheel whose dist-info METADATA is ``metadata``."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(f"{name}/__init__.py", "")
+        archive.writestr(f"{name}-{version}.dist-info/METADATA", metadata)
+        archive.writestr(f"{name}-{version}.dist-info/WHEEL", "Wheel-Version: 1.0\n")
+    return buffer.getvalue()
+
+
+class FewerTripsTests(FileCase):
+    def release_wheel(self, name: str, wheel_metadata: bytes, recorded_metadata: bytes) -> Released:
+        basename = f"{name}-1.0-py3-none-any.whl"
+        return release_file(self.primary_store, "alice", "dev", name, "1.0", basename,
+                            wheel_bytes(name, "1.0", wheel_metadata), metadata=recorded_metadata)
+
+    def test_the_core_metadata_of_a_wheel_is_taken_from_the_wheel_without_a_request(self) -> None:
+        wheel = self.release_wheel("pkg", WHEEL_METADATA, WHEEL_METADATA)
+        self.start()
+        self.pump_until(lambda: self.caught_up() and self.files_in_sync())
+        self.assertTrue(self.linked(wheel.relpath, wheel.sha256))
+        self.assertTrue(self.linked(wheel.relpath + ".metadata", wheel.metadata_sha256))
+        self.assertEqual(self.store.blobs.path_for(wheel.metadata_sha256 or "").read_bytes(), WHEEL_METADATA)
+        self.assertEqual(len(self.primary.file_requests(wheel.relpath)), 1)
+        self.assertEqual(self.primary.file_requests(wheel.relpath + ".metadata"), [])
+
+    def test_recorded_metadata_that_is_not_the_wheels_is_downloaded(self) -> None:
+        recorded = WHEEL_METADATA + b"Summary: changed after the upload\n"
+        wheel = self.release_wheel("pkg", WHEEL_METADATA, recorded)
+        self.start()
+        self.pump_until(lambda: self.caught_up() and self.files_in_sync())
+        self.assertEqual(self.store.blobs.path_for(wheel.metadata_sha256 or "").read_bytes(), recorded)
+        self.assertEqual(len(self.primary.file_requests(wheel.relpath + ".metadata")), 1)
+        self.assertEqual(self.errors(), {})
+
+    def test_files_that_finish_while_an_adoption_runs_are_adopted_together(self) -> None:
+        released = [self.release(f"pkg{n}") for n in range(5)]
+        groups: list[int] = []
+        held: list[tuple[Deferred[None], Any, tuple[Any, ...]]] = []
+
+        def held_disk(fn: Any, *args: Any) -> Deferred[None]:
+            # The disk thread is busy until the test lets each call run.
+            if fn == self.store.blobs.adopt_replicated:
+                groups.append(len(args[0]))
+            d: Deferred[None] = Deferred()
+            held.append((d, fn, args))
+            return d
+
+        self.service.files._fetcher._adopter._run_disk = held_disk
+        self.primary.hold_files = {r.relpath for r in released}
+        self.start()
+        self.pump_until(lambda: self.caught_up() and len(self.primary.held_files) == 5)
+        self.primary.release_files()
+        self.pump()
+        self.assertEqual(groups, [1])          # the first one finished first; four wait for it
+        while held:
+            d, fn, args = held.pop(0)
+            d.callback(fn(*args))
+            self.pump()
+        self.pump_until(self.files_in_sync)
+        self.assertEqual(groups, [1, 4])
+        for r in released:
+            self.assertTrue(self.linked(r.relpath, r.sha256))
+
+    def test_a_body_beyond_the_memory_limit_goes_through_a_file(self) -> None:
+        self.patch(filefetch, "SPILL_BYTES", 10)
+        spilled: list[str] = []
+        real = self.store.blobs.adopt_replicated
+
+        def adopt(items: Any) -> None:
+            spilled.extend(type(content).__name__ for content, _sha256 in items)
+            real(items)
+
+        self.store.blobs.adopt_replicated = adopt  # type: ignore[method-assign]
+        big = self.release("big")
+        self.start()
+        self.pump_until(lambda: self.caught_up() and self.files_in_sync())
+        self.assertEqual(self.store.blobs.path_for(big.sha256).read_bytes(), big.content)
+        self.assertEqual(len(spilled), 1)
+        self.assertNotEqual(spilled[0], "bytes")
+        self.assertEqual(list(self.store.blobs.tmp_dir.iterdir()), [])
 
 
 class OrderTests(FileCase):

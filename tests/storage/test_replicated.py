@@ -334,24 +334,31 @@ def test_replicated_commit_fails_anywhere_and_reopens_to_before_or_after(
     assert outcomes == OUTCOMES[target]
 
 
+# What a failure of each primitive can hit: a downloaded file in tmp/ is adopted without a write.
+ADOPT_FAILURES = [("fsync", "file"), ("link", "file"), ("replace", "file"),
+                  ("fsync", "bytes"), ("link", "bytes"), ("write", "bytes")]
+
+
 @pytest.mark.usefixtures("no_disk_flush")
-@pytest.mark.parametrize("target", ("fsync", "link", "replace", "write"))
+@pytest.mark.parametrize("target, kind", ADOPT_FAILURES)
 def test_adopting_fails_anywhere_and_the_next_link_pass_completes_it(
-    target: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, primary_entries: list[bytes]
+    target: str, kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, primary_entries: list[bytes]
 ) -> None:
     for nth in itertools.count(1):
         serverdir = tmp_path / str(nth)
         store = open_replica(serverdir)
         for raw in primary_entries:
             apply(store, raw)
-        tmp = store.blobs.tmp_dir / "download"
-        tmp.write_bytes(NEW_CONTENT)
+        content: bytes | Path = NEW_CONTENT
+        if kind == "file":
+            content = store.blobs.tmp_dir / "download"
+            content.write_bytes(NEW_CONTENT)
         injector = Injector(target, nth, _raise_injected)
         with monkeypatch.context() as patcher:
             injector.install(lambda obj, name, value: patcher.setattr(obj, name, value, raising=False))
             injector.armed = True
             try:
-                _run(store.adopt_replicated_blob(tmp, NEW_SHA, run_inline))
+                _run(store.adopt_replicated_blobs([(content, NEW_SHA)], run_inline))
             except (OSError, StoreBroken):
                 pass
         store.close()

@@ -320,3 +320,32 @@ def test_big_state_batches_are_made_durable_by_one_sync_before_the_serial_moves(
         assert order == ["sync", "serial 1"]
     finally:
         store.close()
+
+
+def test_replicated_blobs_get_their_names_only_after_the_contents_are_synced(
+        replica: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    import hashlib
+
+    from devpitx.storage import blobs as blobs_module
+    contents = [b"first content", b"second content", b"first content"]     # a repeat too
+    digests = [hashlib.sha256(c).hexdigest() for c in contents]
+    downloaded = replica.blobs.tmp_dir / "downloaded"
+    downloaded.write_bytes(b"third content")
+    third = hashlib.sha256(b"third content").hexdigest()
+    seen_at_sync: list[bool] = []
+    real_sync = blobs_module.sync_filesystem
+
+    def sync(path: Path) -> None:
+        seen_at_sync.extend(replica.blobs.has(d) for d in [*digests, third])
+        real_sync(path)
+
+    monkeypatch.setattr(blobs_module, "sync_filesystem", sync)
+    items: list[tuple[bytes | Path, str]] = [*zip(contents, digests), (downloaded, third)]
+    replica.blobs.adopt_replicated(items)
+    assert seen_at_sync == [False] * 4
+    for content, digest in zip([*contents, b"third content"], [*digests, third]):
+        assert replica.blobs.path_for(digest).read_bytes() == content
+    assert not downloaded.exists() and list(replica.blobs.tmp_dir.iterdir()) == []
+    with pytest.raises(ValueError, match="sha256"):
+        replica.blobs.adopt_replicated([(b"x", "not-a-digest")])
+    assert list(replica.blobs.tmp_dir.iterdir()) == []
