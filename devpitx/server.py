@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import IResource
 
+from devpitx.auth.authkey import LoginTokensWaiter
 from devpitx.auth.passwords import Passwords
 from devpitx.auth.tokens import LoginTokens, ReplicaTokens
 from devpitx.config import Config
@@ -33,15 +34,19 @@ from devpitx.web.routes import Router
 
 class Server:
     def __init__(self, config: Config, store: Store, node: NodeInfo, *, clock: IReactorTime,
-                 run_disk: RunBlocking, passwords: Passwords, login_tokens: LoginTokens,
+                 run_disk: RunBlocking, passwords: Passwords, login_tokens: LoginTokens | LoginTokensWaiter,
                  http: Any = None, replica_tokens: ReplicaTokens | None = None,
                  replica: ReplicaService | None = None) -> None:
+        """``login_tokens``: ready ones, or a waiter that gets them once the auth key is derived."""
         self.config = config
         self.store = store
         self.node = node
         self.clock = clock
         self.run_disk = run_disk
         self.passwords = passwords
+        if isinstance(login_tokens, LoginTokens):
+            login_tokens = LoginTokensWaiter(login_tokens)
+        # Requests get them through ``identity.login_tokens()``, which waits if need be.
         self.login_tokens = login_tokens
         self.http = http
         self.started_at = clock.seconds()

@@ -92,6 +92,13 @@ def _load_json(payload: bytes) -> object:
         return None
 
 
+def could_be_login_token(secret: str) -> bool:
+    """False for a secret that ``LoginTokens.check`` certainly answers ``NOT_A_TOKEN``, whatever
+    the key: a token has at least two dots (payload, timestamp, signature). Such a secret is
+    tried as a password without waiting for the auth key."""
+    return secret.count(".") >= 2
+
+
 class LoginTokens:
     """Issues and checks the tokens returned by ``POST /+login``."""
 

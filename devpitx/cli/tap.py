@@ -240,12 +240,16 @@ def _make_service(options: Options) -> IService:
 
     reactor: Any = _reactor
 
+    from devpitx.auth.authkey import AuthKeyDerivation, LoginTokensWaiter
     from devpitx.auth.passwords import Passwords
     from devpitx.auth.processpool import ProcessPoolRunner
     from devpitx.auth.secret import (
         Argon2Params,
+        KeyName,
         SecretError,
-        derive_keys_cached,
+        cached_key,
+        check_params,
+        derive_key_cached,
         read_secret_file,
     )
     from devpitx.auth.tokens import LoginTokens, ReplicaTokens
@@ -271,14 +275,23 @@ def _make_service(options: Options) -> IService:
         store = Store.open(config.serverdir, reactor, background_flush=True, replica=is_replica)
     except (nodeinfo.ServerDirError, RoleError, StoreLocked) as exc:
         raise SystemExit(f"fatal: {exc}") from None
+    # Keys derived from the secret (argon2, seconds each with the reference parameters): only
+    # the replica key is awaited here, by the nodes that need it from the first request on (a
+    # replica signs its changelog requests with it, a primary checks theirs). The auth key is
+    # only for login tokens: when it is not cached, AuthKeyDerivation derives it after start-up.
+    argon2_params = Argon2Params(config.argon2_memory_cost, config.argon2_parallelism, config.argon2_time_cost)
+    key_cache = config.serverdir / "cache"
     try:
-        secret_path = config.secretfile or config.serverdir / ".secret"
-        secret = read_secret_file(secret_path)
-        keys = derive_keys_cached(secret, Argon2Params(config.argon2_memory_cost, config.argon2_parallelism,
-                                                       config.argon2_time_cost), config.serverdir / "cache")
+        secret = read_secret_file(config.secretfile or config.serverdir / ".secret")
+        check_params(argon2_params)
+        replica_key = None
+        if node.role in ("primary", "replica"):
+            replica_key = derive_key_cached(secret, argon2_params, KeyName.REPLICA, key_cache)
+        auth_key = cached_key(secret, argon2_params, KeyName.AUTH, key_cache)
     except SecretError as exc:
         store.close()
         raise SystemExit(f"fatal: {exc}") from None
+    login_tokens = LoginTokensWaiter(LoginTokens(auth_key) if auth_key is not None else None)
 
     top = MultiService()
     StoreService(store.close).setServiceParent(top)
@@ -300,15 +313,16 @@ def _make_service(options: Options) -> IService:
     replica = None
     if is_replica:
         from devpitx.replica.service import ReplicaService, ReplicaSettings, exit_after_shutdown
-        assert node.primary_url is not None
+        assert node.primary_url is not None and replica_key is not None
         # After the disk pool: it starts before the replication loop and stops after it.
         replica = ReplicaService(store, node, ReplicaSettings.from_config(config, node.primary_url), http=http,
-                                 replica_key=keys.replica_key, clock=reactor, run_disk=disk.runner(reactor),
+                                 replica_key=replica_key, clock=reactor, run_disk=disk.runner(reactor),
                                  on_fatal=exit_after_shutdown(reactor))
         replica.setServiceParent(top)
     server = Server(config, store, node, clock=reactor, run_disk=disk.runner(reactor),
-                    passwords=Passwords(argon, clock=reactor), login_tokens=LoginTokens(keys.auth_key),
-                    http=http, replica_tokens=ReplicaTokens(keys.replica_key), replica=replica)
+                    passwords=Passwords(argon, clock=reactor), login_tokens=login_tokens, http=http,
+                    replica_tokens=ReplicaTokens(replica_key) if replica_key is not None else None,
+                    replica=replica)
     site = server.site()
     frozen_at = [store.serial]
 
@@ -324,6 +338,9 @@ def _make_service(options: Options) -> IService:
         web.endpoint = AnnouncingEndpoint(tls_listen_endpoint(reactor, description, listening_tls),
                                           scheme=listen_scheme(description, listening_tls))
         web.setServiceParent(top)
+    if not login_tokens.ready:
+        # Last: it starts once the ports listen and the replica pulls.
+        AuthKeyDerivation(reactor, secret, argon2_params, key_cache, login_tokens).setServiceParent(top)
     log.info("devpitx {version} serving {serverdir} at serial {serial}",
              version=DEVPITX_VERSION, serverdir=str(config.serverdir), serial=store.serial)
     return top

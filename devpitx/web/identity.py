@@ -8,6 +8,9 @@ Bearer <token>`` is a replica (auth.md §9): a valid token makes it ``+replica``
 (pkg_read everywhere, see auth/acl.py), an invalid one is refused with 403.
 User credentials in ``X-Devpi-Auth`` or Basic auth win over the bearer token,
 so a user's write relayed by a replica keeps the user's identity.
+
+A secret shaped like a login token waits for the auth key while the server
+still derives it after start-up; other secrets are tried as passwords at once.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from devpitx.auth.acl import (
     Identity,
     has_permission,
 )
+from devpitx.auth.authkey import AuthKeyUnavailable, LoginTokensWaiter
 from devpitx.auth.credentials import bearer_token, extract_credentials
 from devpitx.auth.passwords import Passwords
 from devpitx.auth.tokens import (
@@ -33,6 +37,7 @@ from devpitx.auth.tokens import (
     ReplicaTokens,
     TokenIdentity,
     TokenVerdict,
+    could_be_login_token,
 )
 from devpitx.storage.keys import user_key
 from devpitx.storage.store import Store
@@ -40,14 +45,16 @@ from devpitx.web.errors import ApiError, FrameworkError
 
 _CACHE_ATTR = "_devpitx_identity"
 REPLICA_UUID_HEADER = b"x-devpi-replica-uuid"
+AUTH_KEY_UNAVAILABLE = "login tokens are unavailable: the server could not derive its auth key"
 
 
 class RequestIdentity:
     log = Logger()
 
-    def __init__(self, store: Store, passwords: Passwords, tokens: LoginTokens, clock: IReactorTime,
+    def __init__(self, store: Store, passwords: Passwords, tokens: LoginTokensWaiter, clock: IReactorTime,
                  restrict_modify: Sequence[str] | None, replica_tokens: ReplicaTokens | None = None) -> None:
-        """``replica_tokens``: given on a primary only; elsewhere replica bearer tokens are ignored."""
+        """``replica_tokens``: given on a primary only; elsewhere replica bearer tokens are ignored.
+        ``tokens``: login tokens, possibly still waiting for the auth key (auth/authkey.py)."""
         self._store = store
         self._passwords = passwords
         self._tokens = tokens
@@ -91,16 +98,25 @@ class RequestIdentity:
             return self.replica_identity(request) or ANONYMOUS
         if creds.username == REPLICA_USERNAME:
             raise ApiError(403, "Authorization malformed.")
-        verdict = self._tokens.check(creds.secret, creds.username, self._clock.seconds())
-        if isinstance(verdict, TokenIdentity):
-            if verdict.from_user_object and self._store.get(user_key(creds.username)) is None:
+        if could_be_login_token(creds.secret):
+            tokens = await self.login_tokens()
+            verdict = tokens.check(creds.secret, creds.username, self._clock.seconds())
+            if isinstance(verdict, TokenIdentity):
+                if verdict.from_user_object and self._store.get(user_key(creds.username)) is None:
+                    return ANONYMOUS
+                return Identity(creds.username, tuple(verdict.groups))
+            if verdict is not TokenVerdict.NOT_A_TOKEN:
                 return ANONYMOUS
-            return Identity(creds.username, tuple(verdict.groups))
-        if verdict is not TokenVerdict.NOT_A_TOKEN:
-            return ANONYMOUS
         if await self.check_password(creds.username, creds.secret):
             return Identity(creds.username)
         return ANONYMOUS
+
+    async def login_tokens(self) -> LoginTokens:
+        """The login tokens, as soon as the auth key is derived; ``ApiError`` 500 if it cannot be."""
+        try:
+            return await self._tokens.wait_for_tokens()
+        except AuthKeyUnavailable:
+            raise ApiError(500, AUTH_KEY_UNAVAILABLE) from None
 
     async def check_password(self, username: str, password: str) -> bool:
         record = self._store.get(user_key(username))

@@ -48,6 +48,9 @@ class Routes:
         check = await self._server.passwords.verify(stored_hash, password, record.get("pwsalt"))
         if not check.ok or not self._server.identity.permitted("user_login", Identity(user)):
             raise refused
+        # Waits while the auth key is still being derived; before the rehash, so that a
+        # login refused for want of a key writes nothing.
+        tokens = await self._server.identity.login_tokens()
         if check.needs_rehash:
             new_hash = await self._server.passwords.hash(password)
             with self._store.write() as tx:
@@ -56,6 +59,6 @@ class Routes:
         now = self._server.clock.seconds()
         if get_user(self._store, user) is None:
             raise refused       # deleted while we were verifying
-        token = self._server.login_tokens.issue(user, [], True, now)
+        token = tokens.issue(user, [], True, now)
         return envelope(request, "proxyauth", {"password": token, "expiration": int(LOGIN_TOKEN_SECONDS)},
                         message="login successful")

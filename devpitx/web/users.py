@@ -91,15 +91,17 @@ class Routes:
         if update.needs_hashing:
             assert update.password is not None
             pwhash = await self._server.passwords.hash(update.password)
+        # Before the write: without a token to answer with, the password stays as it was.
+        tokens = await self._server.identity.login_tokens() if update.password is not None else None
         try:
             with self._store.write() as tx:
                 modify_user(tx, user, update, pwhash, tx.at)
         except UserError as exc:
             raise refusal(exc.code, exc.message) from None
         report_commit(request, tx)
-        if update.password is None:
+        if tokens is None:
             return message_response(request, "user updated")
-        token = self._server.login_tokens.issue(user, [], True, self._server.clock.seconds())
+        token = tokens.issue(user, [], True, self._server.clock.seconds())
         return envelope(request, "userpassword", {"password": token, "expiration": int(LOGIN_TOKEN_SECONDS)},
                         message="user updated, new proxy auth")
 

@@ -8,7 +8,7 @@ import json
 import time
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from devpitx.auth.tokens import (
@@ -19,6 +19,7 @@ from devpitx.auth.tokens import (
     ReplicaTokens,
     TokenIdentity,
     TokenVerdict,
+    could_be_login_token,
 )
 
 KEY = bytes(range(16))
@@ -119,6 +120,31 @@ def test_tampered_timestamp_is_not_a_token() -> None:
 ])
 def test_passwords_are_not_tokens(secret: str) -> None:
     assert LoginTokens(KEY).check(secret, "alice", T0) is TokenVerdict.NOT_A_TOKEN
+
+
+@given(st.text(max_size=30), st.lists(st.text(max_size=10), max_size=4), st.booleans(),
+       st.integers(min_value=1, max_value=2**33))
+def test_every_login_token_could_be_one(username: str, groups: list[str], from_user_object: bool,
+                                        issued_at: int) -> None:
+    """A secret that could not be a token is tried as a password without the key: never a token."""
+    assert could_be_login_token(LoginTokens(KEY).issue(username, groups, from_user_object, float(issued_at)))
+
+
+@given(st.text(max_size=40))
+def test_secrets_ruled_out_as_tokens_are_not_tokens(secret: str) -> None:
+    assume(not could_be_login_token(secret))
+    assert LoginTokens(KEY).check(secret, "alice", T0) is TokenVerdict.NOT_A_TOKEN
+
+
+def test_what_could_be_a_login_token() -> None:
+    token = LoginTokens(KEY).issue("alice", [], True, T0)
+    payload, stamp, signature = token.rsplit(".", 2)
+    assert could_be_login_token(token)
+    assert could_be_login_token("pass.wo.rd")         # waits for the key, then is tried as a password
+    for secret in ("", "password", "pass.word", payload + stamp + "." + signature,
+                   payload + "." + stamp + signature):
+        assert not could_be_login_token(secret), secret
+        assert LoginTokens(KEY).check(secret, "alice", T0) is TokenVerdict.NOT_A_TOKEN
 
 
 @pytest.mark.parametrize("payload", [

@@ -10,6 +10,7 @@ import argon2
 from treq.testing import StubTreq
 from twisted.internet.task import Clock
 
+from devpitx.auth.authkey import LoginTokensWaiter
 from devpitx.auth.passwords import Passwords
 from devpitx.auth.tokens import LoginTokens, ReplicaTokens
 from devpitx.cli.admin import init_serverdir
@@ -22,6 +23,7 @@ from devpitx.storage.store import Store
 CHEAP_HASHER = argon2.PasswordHasher.from_parameters(argon2.profiles.CHEAPEST)
 TEST_AUTH_KEY = b"0123456789abcdef"
 TEST_REPLICA_KEY = b"fedcba9876543210"
+TEST_LOGIN_TOKENS = LoginTokens(TEST_AUTH_KEY)     # what test servers sign login tokens with
 BASE = "http://devpitx.test"
 
 
@@ -31,9 +33,11 @@ def cheap_hash(password: str) -> str:
 
 def make_test_server(directory: str | Path, *, clock: Clock | None = None, root_password: str = "",
                      no_root_pypi: bool = False, role: str = "standalone", primary_url: str | None = None,
-                     replica_tokens: ReplicaTokens | None = None, **config: Any) -> Server:
+                     replica_tokens: ReplicaTokens | None = None,
+                     login_tokens: LoginTokens | LoginTokensWaiter = TEST_LOGIN_TOKENS, **config: Any) -> Server:
     """``role`` is stored in ``.nodeinfo`` as given (a replica starts empty, as ``devpitx init``
-    makes it); replica tokens are signed with ``TEST_REPLICA_KEY`` unless others are given."""
+    makes it); replica tokens are signed with ``TEST_REPLICA_KEY`` unless others are given;
+    ``login_tokens`` may be a ``LoginTokensWaiter`` whose auth key is still being derived."""
     serverdir = Path(directory)
     clock = clock or Clock()
     if not clock.seconds():
@@ -44,7 +48,7 @@ def make_test_server(directory: str | Path, *, clock: Clock | None = None, root_
     cfg = Config(serverdir=serverdir, listen=("tcp:0",), **config)
     return Server(cfg, store, nodeinfo.load(serverdir), clock=clock, run_disk=run_inline,
                   passwords=Passwords(run_inline, clock=clock, hasher=cheap_hash),
-                  login_tokens=LoginTokens(TEST_AUTH_KEY),
+                  login_tokens=login_tokens,
                   replica_tokens=replica_tokens or ReplicaTokens(TEST_REPLICA_KEY))
 
 

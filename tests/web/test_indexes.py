@@ -7,6 +7,7 @@ from devpitx.model.ixconfig import DEFAULT_MIRROR_URL, NOOP_MESSAGE
 from devpitx.model.releases import register
 from devpitx.storage.keys import index_key, project_key, user_key
 from devpitx.web.negotiate import SIMPLE_JSON
+from tests.helpers.testserver import TEST_LOGIN_TOKENS
 from tests.web.test_api import Reply, ServerTestCase
 
 ALICE = ("alice", "secret")
@@ -164,7 +165,7 @@ class CreateTests(IndexRouteTestCase):
 
     def test_user_known_only_to_a_token_is_created(self) -> None:
         """An identity without a local record (a plugin's) creates its user with its first index."""
-        token = self.server.login_tokens.issue("plugged", [], False, self.clock.seconds())
+        token = TEST_LOGIN_TOKENS.issue("plugged", [], False, self.clock.seconds())
         reply = self.request("PUT", "/plugged/dev", {}, auth=("plugged", token))
         self.assertEqual(reply.code, 200, reply.body)
         record = self.server.store.get(user_key("plugged"))
@@ -172,7 +173,7 @@ class CreateTests(IndexRouteTestCase):
         self.assertIsNotNone(self.config("plugged", "dev"))
 
     def test_failed_index_does_not_leave_the_created_user(self) -> None:
-        token = self.server.login_tokens.issue("plugged", [], False, self.clock.seconds())
+        token = TEST_LOGIN_TOKENS.issue("plugged", [], False, self.clock.seconds())
         serial = self.server.store.serial
         reply = self.request("PUT", "/plugged/dev", {"type": "nope"}, auth=("plugged", token))
         self.assertEqual(reply.code, 400)
@@ -326,7 +327,7 @@ class RestrictModifyTests(ServerTestCase):
         self.assertEqual(self.request("PUT", "/alice/dev", {}, auth=self.admin).code, 200)
 
     def test_user_create_needed_for_auto_created_owner(self) -> None:
-        token = self.server.login_tokens.issue("plugged", [], False, self.clock.seconds())
+        token = TEST_LOGIN_TOKENS.issue("plugged", [], False, self.clock.seconds())
         reply = self.request("PUT", "/plugged/dev", {}, auth=("plugged", token))
         self.assertEqual((reply.code, reply.message), (403, "no permission to create user plugged"))
 

@@ -13,7 +13,9 @@ from devpitx.model.ixconfig import new_index_config
 from devpitx.model.users import new_user_record
 from devpitx.storage.keys import file_key, index_key, user_key, version_key
 from tests.helpers.forms import multipart, upload_fields, wheel_bytes
-from tests.helpers.testserver import BASE, basic_auth, cheap_hash, make_test_server, stub_client
+from tests.helpers.testserver import (
+    BASE, TEST_LOGIN_TOKENS, basic_auth, cheap_hash, make_test_server, stub_client,
+)
 
 
 def disk_snapshot(serverdir: Path) -> dict[str, int]:
@@ -133,14 +135,14 @@ class UploadTests(SynchronousTestCase):
         self.assertEqual(response.code, 403)
 
     def test_login_token_works_as_basic_password(self) -> None:
-        token = self.server.login_tokens.issue("alice", [], True, self.server.clock.seconds())
+        token = TEST_LOGIN_TOKENS.issue("alice", [], True, self.server.clock.seconds())
         response, _b, _f, _d = self.upload_wheel(auth=basic_auth("alice", token))
         self.assertEqual(response.code, 200)
 
     def test_expired_and_forged_tokens_are_refused(self) -> None:
-        old = self.server.login_tokens.issue("alice", [], True, self.server.clock.seconds() - 40000)
+        old = TEST_LOGIN_TOKENS.issue("alice", [], True, self.server.clock.seconds() - 40000)
         self.assertEqual(self.upload_wheel(auth=basic_auth("alice", old))[0].code, 401)
-        forged = self.server.login_tokens.issue("alice", [], True, self.server.clock.seconds())[:-3] + "AAA"
+        forged = TEST_LOGIN_TOKENS.issue("alice", [], True, self.server.clock.seconds())[:-3] + "AAA"
         self.assertEqual(self.upload_wheel(auth=basic_auth("alice", forged))[0].code, 401)
 
     def test_digest_mismatch_is_400_and_stores_nothing(self) -> None:
