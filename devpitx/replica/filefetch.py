@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredList
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredSemaphore
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -388,6 +388,8 @@ class BlobFetcher:
         self._waiting: dict[str, list[Deferred[Outcome]]] = {}
         self._tasks: set[Deferred[Any]] = set()
         self._adopter = _GroupAdopter(store, run_disk)
+        # A slot is held from the request until the body is verified, not while it is adopted.
+        self._download_slots = DeferredSemaphore(max(1, settings.threads))
 
     def stop(self) -> Deferred[Any]:
         """Abandon every running fetch; fires once they are gone."""
@@ -444,6 +446,23 @@ class BlobFetcher:
 
     async def _download(self, wanted: WantedBlob, follow_redirects: bool) -> Outcome:
         url = self._client.file_url(wanted.url_relpath)
+        await self._download_slots.acquire()
+        try:
+            received = await self._receive(wanted, url, follow_redirects)
+        finally:
+            self._download_slots.release()
+        if isinstance(received, Outcome):
+            return received
+        body, size = received
+        try:
+            await self._adopter.adopt(body.take_content(), wanted.sha256)
+        finally:
+            body.discard()
+        self.log.info("replicated {relpath} ({size} bytes)", relpath=wanted.url_relpath, size=size)
+        return Outcome("stored", url)
+
+    async def _receive(self, wanted: WantedBlob, url: str, follow_redirects: bool) -> Outcome | tuple[_BodySink, int]:
+        """GET ``wanted`` and verify it: the verified body and its size, or how it failed."""
         try:
             response = await self._client.open_file(wanted.url_relpath, timeout=self._settings.request_timeout,
                                                     follow_redirects=follow_redirects)
@@ -460,6 +479,7 @@ class BlobFetcher:
         hashes = _Hashes(wanted.hashes)
         body = _BodySink(self._store.blobs.tmp_dir, hashes, self._clock, self._settings.body_idle_seconds,
                          SPILL_BYTES)
+        verified = False
         try:
             response.deliverBody(body)
             try:
@@ -472,11 +492,11 @@ class BlobFetcher:
             problem = verification_problem(wanted, body.size, hashes.digests(), length)
             if problem:
                 return Outcome("failed", url, f"{url}: {problem}")
-            await self._adopter.adopt(body.take_content(), wanted.sha256)
+            verified = True
+            return body, body.size
         finally:
-            body.discard()
-        self.log.info("replicated {relpath} ({size} bytes)", relpath=wanted.url_relpath, size=body.size)
-        return Outcome("stored", url)
+            if not verified:
+                body.discard()
 
     def _track(self, task: Deferred[Any]) -> None:
         self._tasks.add(task)

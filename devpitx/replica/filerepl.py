@@ -9,7 +9,11 @@ already — the initial queue pass after the first sync catches those up.
 Queued entries are ordered: non-mirror index types first (alphabetically),
 then mirrors, then deleted indexes; newest serial first within each.
 
-``threads`` entries are replicated at once. For each: nothing to do if it
+At most ``threads`` downloads run at once (``BlobFetcher``), and up to
+ENTRIES_PER_THREAD times as many entries are in progress, so that entries
+whose content waits for the shared filesystem sync of its group (see
+``filefetch``) do not keep the next downloads from starting. For each entry:
+nothing to do if it
 is gone or has no content on the primary (no ``last_modified``) or its blobs
 are here; else ``filefetch.BlobFetcher`` obtains each missing blob (search
 path, then the primary; the store adopts it and links it under ``+files/``).
@@ -52,6 +56,8 @@ MAX_RETRY_SECONDS = 3600.0
 INITIAL_QUEUE_LIMIT = 50_000
 # File entries whose blobs the initial pass checks per trip to the disk thread.
 INITIAL_PASS_BATCH = 500
+# Entries in progress per download slot: the others wait for their group's sync.
+ENTRIES_PER_THREAD = 4
 
 __all__ = ["FileFetchFailed", "FileReplicationSettings", "FileReplicator"]
 
@@ -225,7 +231,7 @@ class FileReplicator:
         if self._pump_call is not None and self._pump_call.active():
             self._pump_call.cancel()
         self._pump_call = None
-        while self.running and self._queue and len(self._active) < self._settings.threads:
+        while self.running and self._queue and len(self._active) < self._settings.threads * ENTRIES_PER_THREAD:
             item = heapq.heappop(self._queue)
             if self._queued.get(item.relpath) is not item:
                 continue   # superseded by a later push, or forgotten

@@ -27,12 +27,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def make_dirs(path: Path) -> None:
+def make_dirs(path: Path, *, durable: bool = True) -> None:
     """``mkdir -p`` that survives power loss.
 
     A directory's existence is an entry in its parent, so the parent of each
     directory created here is fsynced too; otherwise a file fsynced inside a
     new directory can vanish together with the directory after a power cut.
+    ``durable=False`` leaves that to a later :func:`sync_filesystem`.
     """
     missing = []
     current = path
@@ -41,8 +42,9 @@ def make_dirs(path: Path) -> None:
         current = current.parent
     for directory in reversed(missing):
         directory.mkdir(exist_ok=True)
-    for directory in missing:
-        fsync_dir(directory.parent)
+    if durable:
+        for directory in missing:
+            fsync_dir(directory.parent)
 
 
 def _write_tmp(tmp: Path, data: bytes, *, sync: bool = True) -> None:

@@ -172,8 +172,12 @@ class BlobStore:
             raise ValueError(f"unsafe relpath {relpath!r}")
         return self.files_root.joinpath(*parts)
 
-    def link_relpath(self, relpath: str, sha256: str) -> None:
-        """Make ``+files/<relpath>`` a hard link to the blob (idempotent)."""
+    def link_relpath(self, relpath: str, sha256: str, *, durable: bool = True) -> None:
+        """Make ``+files/<relpath>`` a hard link to the blob (idempotent).
+
+        ``durable=False``: no fsync; the caller syncs the filesystem later, or
+        can recreate the link after a crash.
+        """
         target = self.relpath_path(relpath)
         blob = self.path_for(sha256)
         try:
@@ -181,7 +185,7 @@ class BlobStore:
                 return
         except FileNotFoundError:
             pass
-        make_dirs(target.parent)
+        make_dirs(target.parent, durable=durable)
         tmp = tmp_name_for(target)
         tmp.unlink(missing_ok=True)
         try:
@@ -190,10 +194,11 @@ class BlobStore:
         finally:
             # Nothing on open sweeps +files/ (it can be huge): never leave the tmp name behind.
             tmp.unlink(missing_ok=True)
-        # Durable before state/.serial says the entry is applied: replay would not redo it.
-        fsync_dir(target.parent)
+        if durable:
+            # Durable before state/.serial says the entry is applied: replay would not redo it.
+            fsync_dir(target.parent)
 
-    def unlink_relpath(self, relpath: str) -> None:
+    def unlink_relpath(self, relpath: str, *, durable: bool = True) -> None:
         target = self.relpath_path(relpath)
         changed = _unlink_if_present(target)
         # A link_relpath of this relpath killed between link and rename left its tmp name.
@@ -207,7 +212,7 @@ class BlobStore:
                 break
             changed = True
             parent = parent.parent
-        if changed:
+        if changed and durable:
             # A removal lost to a power cut would serve a deleted file again.
             fsync_dir(parent)
 

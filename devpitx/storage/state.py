@@ -91,7 +91,7 @@ class StateTree:
                 except FileNotFoundError:
                     continue
             else:
-                make_dirs(path.parent)
+                make_dirs(path.parent, durable=durable)
                 data = json.dumps({"key": key, "value": value}, separators=(",", ":"), ensure_ascii=False)
                 atomic_write(path, data.encode(), sync_dir=False, tmp_dir=self.tmp_dir, sync_file=durable)
             dirs.add(path.parent)

@@ -501,7 +501,7 @@ class Store:
         self._checkpoint("after-state")
         for key, value in changes.items():
             if key.startswith("file/"):
-                self._sync_file_link(relpath_of_file_key(key), value)
+                self._sync_file_link(relpath_of_file_key(key), value, durable=not one_sync)
         self._checkpoint("after-files")
         if one_sync:
             sync_filesystem(self.state.root)
@@ -525,20 +525,22 @@ class Store:
                         self.blobs.path_for(digest)  # raises for a malformed digest
 
     def _sync_file_links_of(self, keys: Iterable[str]) -> None:
+        # Not fsynced: links lost in a crash are found and made again by the file
+        # replication pass after the next start (the only caller is link_blob).
         for key in keys:
-            self._sync_file_link(relpath_of_file_key(key), self.state.get(key))
+            self._sync_file_link(relpath_of_file_key(key), self.state.get(key), durable=False)
 
-    def _sync_file_link(self, relpath: str, entry: Any) -> None:
+    def _sync_file_link(self, relpath: str, entry: Any, *, durable: bool = True) -> None:
         """``+files/<relpath>`` (and ``<relpath>.metadata``) exist iff the entry has content."""
         sha256, metadata_sha256 = link_digests(entry)
         if sha256 and self.blobs.has(sha256):
-            self.blobs.link_relpath(relpath, sha256)
+            self.blobs.link_relpath(relpath, sha256, durable=durable)
         else:
-            self.blobs.unlink_relpath(relpath)
+            self.blobs.unlink_relpath(relpath, durable=durable)
         if metadata_sha256 and self.blobs.has(metadata_sha256):
-            self.blobs.link_relpath(relpath + ".metadata", metadata_sha256)
+            self.blobs.link_relpath(relpath + ".metadata", metadata_sha256, durable=durable)
         else:
-            self.blobs.unlink_relpath(relpath + ".metadata")
+            self.blobs.unlink_relpath(relpath + ".metadata", durable=durable)
 
 
 def _malformed(entry: Entry) -> str | None:

@@ -15,7 +15,6 @@ from twisted.web.iweb import IRequest
 import devpitx
 from devpitx.auth.acl import ANONYMOUS
 from devpitx.model.indexes import all_stages, get_index_config
-from devpitx.model.projects import project_names
 from devpitx.model.users import user_names
 from devpitx.version import DEVPI_SERVER_COMPAT_VERSION, DEVPITX_VERSION
 from devpitx.web.api import READ_METHODS, envelope, require_json_view, require_method
@@ -34,6 +33,7 @@ class Routes:
     def __init__(self, server: Server) -> None:
         self._server = server
         self._store = server.store
+        self._counted: tuple[int, list[list[Any]]] | None = None
 
     def install(self, router: Any) -> None:
         router.add("status.status", self.status)
@@ -74,15 +74,24 @@ class Routes:
         return envelope(request, "status", result)
 
     def _metrics(self, now: float) -> list[list[Any]]:
+        return [*self._counts(), ["devpitx_uptime_seconds", "gauge", max(0.0, now - self._server.started_at)]]
+
+    def _counts(self) -> list[list[Any]]:
+        """The gauges that only change with a commit, counted once per serial: monitoring and
+        replicas waiting for a catch-up poll +status often, and counting walks every project."""
+        serial = self._store.serial
+        if self._counted is not None and self._counted[0] == serial:
+            return self._counted[1]
         stages = all_stages(self._store)
-        projects = sum(len(project_names(self._store, s.user, s.index)) for s in stages)
-        return [
+        projects = sum(sum(1 for _name in self._store.children(f"project/{s.user}/{s.index}")) for s in stages)
+        counts: list[list[Any]] = [
             ["devpitx_users", "gauge", len(user_names(self._store))],
             ["devpitx_indexes", "gauge", len(stages)],
             ["devpitx_mirror_indexes", "gauge", sum(1 for s in stages if s.is_mirror)],
             ["devpitx_private_projects", "gauge", projects],
-            ["devpitx_uptime_seconds", "gauge", max(0.0, now - self._server.started_at)],
         ]
+        self._counted = (serial, counts)
+        return counts
 
     async def authcheck(self, request: IRequest) -> bytes:
         require_method(request, *READ_METHODS)

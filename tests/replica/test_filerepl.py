@@ -264,6 +264,34 @@ class FewerTripsTests(FileCase):
         self.assertEqual(list(self.store.blobs.tmp_dir.iterdir()), [])
 
 
+class DownloadSlotTests(FileCase):
+    def replica_settings(self) -> dict[str, Any]:
+        return {"file_replication_threads": 1}
+
+    def test_a_download_slot_is_free_while_the_previous_file_is_being_adopted(self) -> None:
+        first, second = self.release("first"), self.release("second")
+        held: list[tuple[Deferred[None], Any, tuple[Any, ...]]] = []
+
+        def held_disk(fn: Any, *args: Any) -> Deferred[None]:
+            d: Deferred[None] = Deferred()
+            held.append((d, fn, args))
+            return d
+
+        self.service.files._fetcher._adopter._run_disk = held_disk
+        self.start()
+        self.pump_until(lambda: self.caught_up() and len(held) == 1)
+        self.pump()
+        # One slot: the second file was requested while the first one's adoption is held.
+        requested = {r.path.lstrip("/") for r in self.primary.requests if not r.path.startswith("/+changelog")}
+        self.assertEqual(requested, {first.relpath, second.relpath})
+        while held:
+            d, fn, args = held.pop(0)
+            d.callback(fn(*args))
+            self.pump()
+        self.pump_until(self.files_in_sync)
+        self.assertTrue(self.linked(first.relpath, first.sha256) and self.linked(second.relpath, second.sha256))
+
+
 class OrderTests(FileCase):
     def replica_settings(self) -> dict[str, Any]:
         return {"file_replication_threads": 1}

@@ -62,6 +62,15 @@ class StatusTests(ServerTestCase):
         self.assertEqual(by_name["devpitx_indexes"], 2)
         self.assertEqual(by_name["devpitx_mirror_indexes"], 1)
         self.assertEqual(by_name["devpitx_private_projects"], 2)
+        # Counted once per serial, and counted again after the next commit.
+        self.clock.advance(5)
+        again = {m[0]: m[2] for m in self.status()["metrics"]}
+        self.assertEqual(again["devpitx_private_projects"], 2)
+        self.assertEqual(again["devpitx_uptime_seconds"], by_name["devpitx_uptime_seconds"] + 5)
+        with self.server.store.write() as tx:
+            register(tx, "alice", "dev", {"name": "third", "version": "1.0"}, full=True)
+        after = {m[0]: m[2] for m in self.status()["metrics"]}
+        self.assertEqual(after["devpitx_private_projects"], 3)
 
     def test_json_only_and_get_only(self) -> None:
         self.assertEqual(self.request("GET", "/+status", accept="text/html").code, 404)
