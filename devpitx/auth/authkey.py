@@ -11,6 +11,8 @@ like any other connection's. The secret goes to the child on stdin.
 """
 from __future__ import annotations
 
+import os
+
 import time
 from pathlib import Path
 from typing import Any
@@ -143,7 +145,13 @@ def derive_key_in_child(reactor: IReactorProcess, secret: bytes, params: Argon2P
     """
     child = _KeyChild(secret)
     command = child_command(params, name)
-    reactor.spawnProcess(child, command[0], command, env=child_environment())
+    process = reactor.spawnProcess(child, command[0], command, env=child_environment())
+    try:
+        # Lowest priority: argon2 takes every core, and the server's own work (a replica's
+        # catch-up, requests) must not wait behind a key only login tokens need.
+        os.setpriority(os.PRIO_PROCESS, process.pid, 19)
+    except (OSError, AttributeError, TypeError):
+        pass    # no such call here, or the child is already gone: it only runs slower for others
     return child.result
 
 

@@ -67,6 +67,9 @@ def _segment_to_path(segment: str) -> str:
 
 def state_relpath(key: str) -> PurePosixPath:
     """Relative path of the file holding ``key``'s value below ``state/``."""
-    segments = [_segment_to_path(s) for s in key.split("/")]
-    segments[-1] += ".json"
-    return PurePosixPath(*segments)
+    return PurePosixPath(state_relname(key))
+
+
+def state_relname(key: str) -> str:
+    """``state_relpath`` as a string, for loops over many keys."""
+    return "/".join(_segment_to_path(s) for s in key.split("/")) + ".json"

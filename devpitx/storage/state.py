@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from devpitx.storage.atomic import atomic_write, fsync_dir, is_tmp_name, make_dirs
-from devpitx.storage.keys import state_relpath
+from devpitx.storage.keys import state_relname, state_relpath
 
 SERIAL_FILE = ".serial"
 TMP_DIR = ".tmp"
@@ -82,6 +82,9 @@ class StateTree:
         ``durable=False`` leaves every fsync to one later ``sync_filesystem``,
         which must come before ``write_serial``.
         """
+        if not durable:
+            self._persist_unsynced(changes)
+            return
         dirs: set[Path] = set()
         for key, value in changes.items():
             path = self.root / state_relpath(key)
@@ -98,6 +101,31 @@ class StateTree:
         if durable:
             for directory in dirs:
                 fsync_dir(directory)
+
+    def _persist_unsynced(self, changes: Mapping[str, Any]) -> None:
+        """``persist(durable=False)`` on plain strings and with the fewest system calls: a catch-up
+        or replay writes tens of thousands of key files in one batch. Each file is still replaced
+        atomically (a crash leaves the old or the new content, or the temporary file in tmp/,
+        which opening removes); one thread writes at a time, so one temporary name serves all."""
+        root = str(self.root)
+        tmp = os.path.join(str(self.tmp_dir), ".unsynced-key.tmp")
+        known_dirs: set[str] = set()
+        for key, value in changes.items():
+            path = os.path.join(root, state_relname(key))
+            if value is None:
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    pass
+                continue
+            parent = os.path.dirname(path)
+            if parent not in known_dirs:
+                os.makedirs(parent, exist_ok=True)
+                known_dirs.add(parent)
+            data = json.dumps({"key": key, "value": value}, separators=(",", ":"), ensure_ascii=False)
+            with open(tmp, "wb") as f:
+                f.write(data.encode())
+            os.replace(tmp, path)
 
     @property
     def tmp_dir(self) -> Path:

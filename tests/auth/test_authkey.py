@@ -171,6 +171,14 @@ class DeriveKeyInChildTests(TestCase):
         self.patch(authkey, "child_command", lambda _params, _name: [sys.executable, "-c", echo])
         self.assertEqual(await derive_key_in_child(real_reactor(), SECRET, TINY, KeyName.AUTH), SECRET[:16])
 
+    async def test_the_child_runs_at_the_lowest_priority(self) -> None:
+        # A child that reports its own niceness as the "key".
+        report = ("import json, os, sys; sys.stdin.buffer.read(); "
+                  "print(json.dumps({'key': (b'%02d' % os.getpriority(os.PRIO_PROCESS, 0)).hex() * 8}))")
+        self.patch(authkey, "child_command", lambda _params, _name: [sys.executable, "-c", report])
+        key = await derive_key_in_child(real_reactor(), SECRET, TINY, KeyName.AUTH)
+        self.assertEqual(key, b"19" * 8)
+
     async def test_child_error_is_a_secret_error(self) -> None:
         with self.assertRaises(SecretError) as caught:
             await derive_key_in_child(real_reactor(), SECRET, BAD, KeyName.AUTH)
