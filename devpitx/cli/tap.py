@@ -220,17 +220,14 @@ def prepare_node(config: Config) -> NodeInfo:
     return node
 
 
-def replica_http_client(reactor: Any, config: Config, primary_url: str) -> Any:
-    """With ``--replica-cert`` / ``--primary-ca``: a client whose TLS policy presents the
-    replica's certificate to the primary (and only to it) and verifies the primary against
-    its CA; None without those options. Raises ``ConfigError`` for unusable files."""
-    from devpitx.mirror.upstream import LazyTrustPolicy, ca_bundle_path, make_http_client
+def replica_http_agent(reactor: Any, config: Config, primary_url: str) -> Any:
+    """The replica's Agent: with ``--replica-cert`` / ``--primary-ca`` its TLS policy presents
+    the replica's certificate to the primary (and only to it) and verifies the primary against
+    its CA. Raises ``ConfigError`` for unusable files."""
+    from devpitx.mirror.upstream import LazyTrustPolicy, ca_bundle_path, make_http_agent
     from devpitx.tls import replica_tls_policy
 
-    policy = replica_tls_policy(config, primary_url, LazyTrustPolicy(), ca_bundle_path())
-    if policy is None:
-        return None
-    return make_http_client(reactor, policy)
+    return make_http_agent(reactor, replica_tls_policy(config, primary_url, LazyTrustPolicy(), ca_bundle_path()))
 
 
 def _make_service(options: Options) -> IService:
@@ -254,6 +251,7 @@ def _make_service(options: Options) -> IService:
     )
     from devpitx.auth.tokens import LoginTokens, ReplicaTokens
     from devpitx.mirror.upstream import make_http_client
+    from treq.client import HTTPClient
     from devpitx.replica.roles import RoleError
     from devpitx.runtime import HeapFreezer, ThreadPoolService
     from devpitx.server import Server
@@ -300,15 +298,16 @@ def _make_service(options: Options) -> IService:
     argon = ProcessPoolRunner(reactor, max_workers=1)
     reactor.addSystemEventTrigger("after", "shutdown", argon.shutdown)
     # A replica talks to its primary even in offline mode (which only concerns mirrors).
-    http = None
+    http = agent = None
     if is_replica:
         assert node.primary_url is not None     # prepare_node refuses a replica without one
         try:
-            http = replica_http_client(reactor, config, node.primary_url)
+            agent = replica_http_agent(reactor, config, node.primary_url)
         except ConfigError as exc:
             store.close()
             raise SystemExit(f"fatal: {exc}") from None
-    if http is None and (is_replica or not config.offline_mode):
+        http = HTTPClient(agent)
+    elif not config.offline_mode:
         http = make_http_client(reactor)
     replica = None
     if is_replica:
@@ -316,7 +315,7 @@ def _make_service(options: Options) -> IService:
         assert node.primary_url is not None and replica_key is not None
         # After the disk pool: it starts before the replication loop and stops after it.
         replica = ReplicaService(store, node, ReplicaSettings.from_config(config, node.primary_url), http=http,
-                                 replica_key=replica_key, clock=reactor, run_disk=disk.runner(reactor),
+                                 agent=agent, replica_key=replica_key, clock=reactor, run_disk=disk.runner(reactor),
                                  on_fatal=exit_after_shutdown(reactor))
         replica.setServiceParent(top)
     server = Server(config, store, node, clock=reactor, run_disk=disk.runner(reactor),

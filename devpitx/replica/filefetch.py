@@ -388,6 +388,8 @@ class BlobFetcher:
         self._waiting: dict[str, list[Deferred[Outcome]]] = {}
         self._tasks: set[Deferred[Any]] = set()
         self._adopter = _GroupAdopter(store, run_disk)
+        self.stored_files = 0        # downloaded from the primary since the start
+        self.stored_bytes = 0
         # A slot is held from the request until the body is verified, not while it is adopted.
         self._download_slots = DeferredSemaphore(max(1, settings.threads))
 
@@ -426,7 +428,7 @@ class BlobFetcher:
             waiter.callback(result)
 
     async def _fetch(self, wanted: WantedBlob, follow_redirects: bool) -> Outcome:
-        if wanted.wheel_sha256 is not None and self._store.blobs.has(wanted.wheel_sha256):
+        if wanted.wheel_sha256 is not None:
             metadata = await self._run_disk(core_metadata_from_wheel, self._store.blobs, wanted)
             if metadata is not None:
                 await self._adopter.adopt(metadata, wanted.sha256)
@@ -458,7 +460,10 @@ class BlobFetcher:
             await self._adopter.adopt(body.take_content(), wanted.sha256)
         finally:
             body.discard()
-        self.log.info("replicated {relpath} ({size} bytes)", relpath=wanted.url_relpath, size=size)
+        # Per file at debug level: a catch-up stores thousands; FileReplicator logs the totals.
+        self.log.debug("replicated {relpath} ({size} bytes)", relpath=wanted.url_relpath, size=size)
+        self.stored_files += 1
+        self.stored_bytes += size
         return Outcome("stored", url)
 
     async def _receive(self, wanted: WantedBlob, url: str, follow_redirects: bool) -> Outcome | tuple[_BodySink, int]:

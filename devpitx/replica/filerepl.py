@@ -104,6 +104,7 @@ class FileReplicator:
         self._tasks: set[Deferred[Any]] = set()
         self._fetcher = BlobFetcher(store, client, clock=clock, run_disk=run_disk, settings=settings)
         self._initial_pass_started = False
+        self._logged_stored_files = 0
         self.initial_pass_done = False
         self.running = False
 
@@ -275,6 +276,10 @@ class FileReplicator:
     def _note_if_in_sync(self) -> None:
         if self.initial_pass_done and not self._queued and not self._retry_due and not self._active:
             self._status.files_in_sync()
+            if self._fetcher.stored_files != self._logged_stored_files:
+                self._logged_stored_files = self._fetcher.stored_files
+                self.log.info("files in sync: {files} files ({bytes} bytes) downloaded from the primary "
+                              "since the start", files=self._fetcher.stored_files, bytes=self._fetcher.stored_bytes)
 
     async def _replicate(self, relpath: str) -> None:
         entry = self._store.get(file_key(relpath))

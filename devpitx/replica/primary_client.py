@@ -3,10 +3,13 @@
 Every request carries the replica's uuid, the primary uuid it has recorded
 (``""`` before the first contact, so a replica never silently follows a
 different primary), its outside URL when configured, a fresh bearer token
-(auth.md §9: valid 37.6 s, so one per request) and a ``devpi-replica``
+(auth.md §9: valid 37.6 s; the signature covers whole seconds, so one token
+serves every request within the same second) and a ``devpi-replica``
 User-Agent. Redirects are not followed for the changelog: a primary that
 redirects is misconfigured, and following it could hand the token to
-another host. Transport failures and timeouts become
+another host. Requests that follow no redirects go straight to the Agent
+when one is given (file replication makes thousands: treq's per-request
+URL parsing, cookie jar and decoder wrapping cost more than the request). Transport failures and timeouts become
 :class:`PrimaryUnreachable`; HTTP statuses are returned for the caller to
 judge. Bodies are the caller's to read (``unbuffered``), so a changelog
 stream is applied while it arrives.
@@ -22,7 +25,8 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.iweb import IResponse
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgent, IResponse
 
 from devpitx.auth.tokens import ReplicaTokens
 from devpitx.mirror.upstream import describe_error
@@ -59,14 +63,16 @@ class PrimaryClient:
     log = Logger()
 
     def __init__(self, http: Any, clock: IReactorTime, node: NodeInfo, tokens: ReplicaTokens,
-                 primary_url: str, *, outside_url: str | None = None) -> None:
+                 primary_url: str, *, outside_url: str | None = None, agent: IAgent | None = None) -> None:
         self._http = http
+        self._agent = agent
         self._clock = clock
         self._node = node
         self._tokens = tokens
         self.primary_url = primary_url.rstrip("/")
         self._outside_url = outside_url
         self._user_agent = replica_user_agent()
+        self._token: tuple[int, str] | None = None     # (second, token): identical within a second
 
     @property
     def node(self) -> NodeInfo:
@@ -75,7 +81,7 @@ class PrimaryClient:
     def headers(self, *, accept: bytes | None = None, filerepl: bool = False) -> dict[bytes, list[bytes]]:
         """The §2.2 headers, with a token made now (the primary allows 37.6 s)."""
         expected = (self._node.primary_uuid or "").encode()
-        token = self._tokens.issue(self._node.uuid, self._clock.seconds())
+        token = self._fresh_token()
         headers = {
             b"User-Agent": [self._user_agent],
             b"X-Devpi-Replica-Uuid": [self._node.uuid.encode()],
@@ -90,6 +96,12 @@ class PrimaryClient:
         if filerepl:
             headers[b"X-Devpi-Replica-Filerepl"] = [b"YES"]
         return headers
+
+    def _fresh_token(self) -> str:
+        now = self._clock.seconds()
+        if self._token is None or self._token[0] != int(now):
+            self._token = (int(now), self._tokens.issue(self._node.uuid, now))
+        return self._token[1]
 
     def changelog_url(self, serial: int, *, initial: bool) -> str:
         return f"{self.primary_url}/+changelog/{serial}-" + ("?initial_fetch" if initial else "")
@@ -119,8 +131,12 @@ class PrimaryClient:
                    follow_redirects: bool) -> IResponse:
         async def send() -> IResponse:
             try:
-                response: IResponse = await self._http.request(
-                    "GET", url, headers=headers, unbuffered=True, allow_redirects=follow_redirects)
+                response: IResponse
+                if self._agent is not None and not follow_redirects:
+                    response = await self._agent.request(b"GET", url.encode("ascii"), Headers(headers))
+                else:
+                    response = await self._http.request(
+                        "GET", url, headers=headers, unbuffered=True, allow_redirects=follow_redirects)
             except CancelledError:
                 raise
             except Exception as exc:

@@ -21,6 +21,7 @@ from twisted.application.service import Service
 from twisted.internet.defer import CancelledError, Deferred, DeferredList
 from twisted.internet.interfaces import IReactorCore, IReactorTime
 from twisted.logger import Logger
+from twisted.web.iweb import IAgent
 
 from devpitx.auth.tokens import ReplicaTokens
 from devpitx.config import Config
@@ -73,12 +74,13 @@ class ReplicaService(Service):
 
     def __init__(self, store: Store, node: NodeInfo, settings: ReplicaSettings, *, http: Any,
                  replica_key: bytes, clock: IReactorTime, run_disk: RunBlocking,
-                 on_fatal: FatalCallback | None = None) -> None:
+                 on_fatal: FatalCallback | None = None, agent: IAgent | None = None) -> None:
+        """``agent``: the Agent under ``http``, for requests that skip treq (``PrimaryClient``)."""
         self.store = store
         self.node = node
         self.settings = settings
         self.client = PrimaryClient(http, clock, node, ReplicaTokens(replica_key), settings.primary_url,
-                                    outside_url=settings.outside_url)
+                                    outside_url=settings.outside_url, agent=agent)
         self.status = ReplicationStatus(clock, store, node, settings.primary_url)
         self.files = FileReplicator(store, self.client, self.status, clock=clock, run_disk=run_disk,
                                     settings=settings.file_settings())

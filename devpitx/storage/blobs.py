@@ -28,6 +28,7 @@ COPY_CHUNK_BYTES = 1024 * 1024
 class BlobStore:
     def __init__(self, root: Path, files_root: Path, tmp_dir: Path) -> None:
         self.root = root
+        self._root_text = str(root)
         self.files_root = files_root
         self.tmp_dir = tmp_dir
         for path in (root, files_root, tmp_dir):
@@ -39,7 +40,10 @@ class BlobStore:
         return self.root / "sha256" / sha256[:2] / sha256[2:4] / sha256
 
     def has(self, sha256: str) -> bool:
-        return self.path_for(sha256).is_file()
+        # Plain strings, not path_for: replicas ask this on the reactor thread for every file.
+        if not _HEX64.match(sha256):
+            raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+        return os.path.isfile(f"{self._root_text}/sha256/{sha256[:2]}/{sha256[2:4]}/{sha256}")
 
     def size(self, sha256: str) -> int:
         return self.path_for(sha256).stat().st_size

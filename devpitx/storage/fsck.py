@@ -117,6 +117,7 @@ class _PathsOnlyBlobs(BlobStore):
     # BlobStore's layout without its constructor, which creates directories.
     def __init__(self, root: Path, files_root: Path) -> None:
         self.root = root
+        self._root_text = str(root)
         self.files_root = files_root
 
 

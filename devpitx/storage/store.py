@@ -430,9 +430,9 @@ class Store:
         """``adopt_replicated_blob`` for several verified contents (bytes or files in tmp/) at once,
         with one filesystem sync (``BlobStore.adopt_replicated``); the linked relpaths of each."""
         await run_blocking(self.blobs.adopt_replicated, items)
-        return [self.link_blob(sha256) for _content, sha256 in items]
+        return [self.link_blob(sha256, stored=True) for _content, sha256 in items]
 
-    def link_blob(self, sha256: str) -> list[str]:
+    def link_blob(self, sha256: str, *, stored: bool = False) -> list[str]:
         """Create the ``+files/`` links of every current file entry that names blob ``sha256``
         (none while the blob is not stored); returns their relpaths.
 
@@ -446,7 +446,7 @@ class Store:
         if self._broken:
             raise StoreBroken(self._broken)
         keys = sorted(self._digest_keys().get(sha256, ()))
-        if not keys or not self.blobs.has(sha256):
+        if not keys or not (stored or self.blobs.has(sha256)):     # stored: the caller just stored it
             return []
         assert self._flusher is not None
         self._flusher.submit_job(lambda: self._sync_file_links_of(keys))

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from treq.testing import StubTreq
+from treq.testing import RequestTraversalAgent, StubTreq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
@@ -340,6 +340,8 @@ class ReplicaCase(SynchronousTestCase):
         self.addCleanup(self.primary_store.close)
         self.primary = FakePrimary(self.primary_store, PRIMARY_UUID, REPLICA_KEY, self.clock)
         self.http = StubTreq(self.primary)
+        # Requests without redirects skip treq in the replica: they go to this Agent.
+        self.agent = RequestTraversalAgent(self.primary)
         self.replica_dir = base / "replica"
         self.store = Store.open(self.replica_dir, self.clock, replica=True)
         self.addCleanup(self.store.close)
@@ -348,7 +350,7 @@ class ReplicaCase(SynchronousTestCase):
         self.fatal: list[tuple[int, str]] = []
         self.service = ReplicaService(
             self.store, self.node, ReplicaSettings(primary_url=PRIMARY_URL, **self.replica_settings()),
-            http=self.http, replica_key=REPLICA_KEY, clock=self.clock, run_disk=run_inline,
+            http=self.http, agent=self.agent, replica_key=REPLICA_KEY, clock=self.clock, run_disk=run_inline,
             on_fatal=lambda code, message: self.fatal.append((code, message)))
 
     def start(self) -> None:
@@ -364,6 +366,7 @@ class ReplicaCase(SynchronousTestCase):
         for _ in range(rounds):
             self.clock.advance(0)
             self.http.flush()
+            self.agent.flush()
 
     def pump_until(self, done: Callable[[], bool], rounds: int = 20_000) -> None:
         for _ in range(rounds):

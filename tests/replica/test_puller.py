@@ -197,6 +197,22 @@ class HeaderAndIdentityTests(ReplicaCase):
         self.assertEqual(second.headers["x-devpi-expected-primary-id"], PRIMARY_UUID)
         self.assertEqual(second.headers["x-devpi-expected-master-id"], PRIMARY_UUID)
 
+    def test_a_token_is_made_once_per_second_and_is_always_fresh(self) -> None:
+        client = self.service.client
+
+        def token() -> str:
+            return client.headers()[b"Authorization"][0].decode().removeprefix("Bearer ")
+
+        self.clock.advance(0.5 - self.clock.seconds() % 1)      # the middle of a second
+        first = token()
+        self.clock.advance(0.4)
+        self.assertEqual(token(), first)            # same second: the same signature
+        self.clock.advance(0.2)
+        later = token()
+        self.assertNotEqual(later, first)
+        self.clock.advance(30)
+        ReplicaTokens(REPLICA_KEY).check(token(), REPLICA_UUID, self.clock.seconds())
+
     def test_an_answer_from_another_primary_is_fatal(self) -> None:
         self.node.primary_uuid = OTHER_UUID
         self.primary.check_expected_id = False     # a primary that does not check: the replica must
