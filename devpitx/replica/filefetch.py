@@ -432,7 +432,6 @@ class BlobFetcher:
             metadata = await self._run_disk(core_metadata_from_wheel, self._store.blobs, wanted)
             if metadata is not None:
                 await self._adopter.adopt(metadata, wanted.sha256)
-                self.log.debug("replicated {relpath} from its wheel", relpath=wanted.url_relpath)
                 return Outcome("stored", "the wheel")
         if self._settings.search_path is not None:
             staged = await self._run_disk(stage_from_search_path, self._store.blobs, self._settings.search_path,
@@ -460,8 +459,8 @@ class BlobFetcher:
             await self._adopter.adopt(body.take_content(), wanted.sha256)
         finally:
             body.discard()
-        # Per file at debug level: a catch-up stores thousands; FileReplicator logs the totals.
-        self.log.debug("replicated {relpath} ({size} bytes)", relpath=wanted.url_relpath, size=size)
+        # No event per file, not even at debug level (it costs as much as the hashing):
+        # a catch-up stores thousands; FileReplicator logs the totals.
         self.stored_files += 1
         self.stored_bytes += size
         return Outcome("stored", url)

@@ -46,7 +46,7 @@ from devpitx.replica.filefetch import (
 )
 from devpitx.replica.primary_client import PrimaryClient
 from devpitx.replica.status import ReplicationStatus
-from devpitx.runtime import RunBlocking
+from devpitx.runtime import RunBlocking, release_free_memory
 from devpitx.storage.keys import file_key, index_key
 from devpitx.storage.store import Store, link_digests
 
@@ -278,6 +278,7 @@ class FileReplicator:
             self._status.files_in_sync()
             if self._fetcher.stored_files != self._logged_stored_files:
                 self._logged_stored_files = self._fetcher.stored_files
+                release_free_memory()      # the end of a burst of downloads
                 self.log.info("files in sync: {files} files ({bytes} bytes) downloaded from the primary "
                               "since the start", files=self._fetcher.stored_files, bytes=self._fetcher.stored_bytes)
 

@@ -143,7 +143,6 @@ class PrimaryClient:
                 raise PrimaryUnreachable(f"error getting {url}: {describe_error(exc)}", url=url) from None
             return response
 
-        self.log.debug("replica GET {url}", url=url)
         d: Deferred[IResponse] = Deferred.fromCoroutine(send())
         d.addTimeout(timeout, self._clock)
 

@@ -96,6 +96,7 @@ class Store:
         self._background_flush = background_flush
         self._flusher: StateFlusher | None = None
         self._snapshot_serial = -1
+        self._snapshot_queued = False
         # sha256 -> file keys whose +files links need that blob; built on first use (replicas).
         self._digest_index: dict[str, set[str]] | None = None
         self.journal: Journal
@@ -223,6 +224,12 @@ class Store:
                           serial=serial, last=self.journal.last_serial)
             return None
         return serial, raw["items"]
+
+    def _write_queued_snapshot(self, serial: int, items: list[tuple[str, Any]]) -> None:
+        try:
+            self._write_snapshot(serial, items)
+        finally:
+            self._snapshot_queued = False
 
     def _write_snapshot(self, serial: int, items: list[tuple[str, Any]]) -> None:
         data = json.dumps({"format": SNAPSHOT_FORMAT, "serial": serial, "items": items},
@@ -405,10 +412,13 @@ class Store:
         except BaseException as exc:
             self._broken = f"commit of serial {entry.serial} failed after the journal entry: {exc!r}"
             raise StoreBroken(self._broken) from exc
-        if entry.serial - self._snapshot_serial >= SNAPSHOT_EVERY:
+        if entry.serial - self._snapshot_serial >= SNAPSHOT_EVERY and not self._snapshot_queued:
+            # One snapshot queued at a time: in a fast catch-up the flusher is behind, and
+            # each queued copy of the state would stay in memory until it is written.
             serial, items = entry.serial, self.state.snapshot_items()
             self._snapshot_serial = serial
-            self._flusher.submit_job(lambda: self._write_snapshot(serial, items))
+            self._snapshot_queued = True
+            self._flusher.submit_job(lambda: self._write_queued_snapshot(serial, items))
         self.last_commit_at = entry.at
         self.waiter.committed(entry.serial)
         for listener in self._listeners:

@@ -10,6 +10,7 @@ in its journal is corruption and stops the open.
 from __future__ import annotations
 
 import errno
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -349,3 +350,25 @@ def test_replicated_blobs_get_their_names_only_after_the_contents_are_synced(
     with pytest.raises(ValueError, match="sha256"):
         replica.blobs.adopt_replicated([(b"x", "not-a-digest")])
     assert list(replica.blobs.tmp_dir.iterdir()) == []
+
+
+def test_one_state_snapshot_is_queued_at_a_time(tmp_path: Path, primary_entries: list[bytes],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "SNAPSHOT_EVERY", 5)
+    store = open_replica(tmp_path / "replica")
+    try:
+        queued: list[Callable[[], None]] = []
+        assert store._flusher is not None
+        monkeypatch.setattr(store._flusher, "submit_job", queued.append)    # a flusher that is behind
+        result_of(apply_group(store, primary_entries[:20]))
+        assert len(queued) == 1         # due at serials 4, 9, 14 and 19: the first is still queued
+        queued.pop()()
+        snapshot = json.loads((store.serverdir / "cache" / "state-snapshot.json").read_bytes())
+        assert snapshot["serial"] == 4
+        result_of(apply_group(store, primary_entries[20:30]))
+        assert len(queued) == 1         # written, so the next one is queued
+        queued.pop()()
+        snapshot = json.loads((store.serverdir / "cache" / "state-snapshot.json").read_bytes())
+        assert snapshot["serial"] == 20
+    finally:
+        store.close()
