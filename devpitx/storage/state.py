@@ -21,6 +21,10 @@ TMP_DIR = ".tmp"
 _EMPTY: frozenset[str] = frozenset()
 
 
+class StateFileUnreadable(Exception):
+    """A key file under state/ is not a complete record."""
+
+
 class StateTree:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -169,8 +173,21 @@ class StateTree:
                     continue
                 if name == SERIAL_FILE or not name.endswith(".json"):
                     continue
-                record = json.loads(path.read_bytes())
-                tree.apply_in_memory({record["key"]: record["value"]})
+                try:
+                    record = json.loads(path.read_bytes())
+                    tree.apply_in_memory({record["key"]: record["value"]})
+                except (ValueError, KeyError, TypeError) as exc:
+                    # A key file of a batch written without fsyncs, cut short by a power loss
+                    # before the batch's sync (state/.serial had not moved yet).
+                    raise StateFileUnreadable(f"state file {path} is unreadable ({exc})") from None
+        return tree
+
+    @classmethod
+    def empty(cls, root: Path) -> StateTree:
+        """No key at all and ``disk_serial`` -1: replaying the whole journal rebuilds and rewrites it."""
+        tree = cls(root)
+        make_dirs(root)
+        tree.remove_stray_tmp_files()
         return tree
 
     @classmethod

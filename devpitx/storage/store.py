@@ -40,7 +40,7 @@ from devpitx.storage.flusher import StateFlusher
 from devpitx.storage.journal import Entry, Journal, JournalCorrupt
 from devpitx.storage.keys import relpath_of_file_key
 from devpitx.storage.serials import SerialWaiter
-from devpitx.storage.state import StateTree
+from devpitx.storage.state import StateFileUnreadable, StateTree
 from devpitx.storage.txn import WriteTxn
 
 if TYPE_CHECKING:
@@ -165,7 +165,13 @@ class Store:
             self.state = StateTree.from_items(state_root, snapshot_serial, items)
             self._snapshot_serial = snapshot_serial
         else:
-            self.state = StateTree.load(state_root)
+            try:
+                self.state = StateTree.load(state_root)
+            except StateFileUnreadable as exc:
+                # Big batches are written unsynced, then synced before state/.serial moves: a
+                # power loss in between can leave a key file empty. The journal has it all.
+                self.log.warn("{problem}; rebuilding state/ from the journal", problem=str(exc))
+                self.state = StateTree.empty(state_root)
         disk_serial = self.state.disk_serial
         if disk_serial > self.journal.last_serial:
             raise JournalCorrupt(f"state is at serial {disk_serial} but the journal ends at {self.journal.last_serial}")
