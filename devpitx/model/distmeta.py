@@ -9,6 +9,7 @@ from __future__ import annotations
 import zipfile
 import zlib
 from pathlib import Path
+from typing import IO
 
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
@@ -23,8 +24,9 @@ class ArchiveError(ValueError):
     """str(exc) readable: why the file is not a valid distribution."""
 
 
-def wheel_core_metadata(path: Path, filename: str) -> bytes:
-    """The exact METADATA bytes of the wheel at ``path``, uploaded as ``filename``.
+def wheel_core_metadata(path: Path | IO[bytes], filename: str) -> bytes:
+    """The exact METADATA bytes of the wheel at ``path`` (or in a binary file object), uploaded
+    as ``filename``.
 
     The dist-info directory is the single top-level ``*.dist-info`` whose
     name and version match the wheel file name (PEP 503 name normalisation,

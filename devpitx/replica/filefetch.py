@@ -21,9 +21,10 @@ replication errors). Functions marked blocking run through ``run_disk``.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -80,6 +81,7 @@ class WantedBlob:
     project: str | None = None         # for the export layout of the search path
     version: str | None = None
     wheel_sha256: str | None = None    # core metadata of this wheel blob: extractable from it
+    core_metadata_sha256: str | None = None    # a wheel's: its METADATA, if it hashes to this
 
 
 @dataclass(frozen=True)
@@ -108,10 +110,12 @@ def wanted_blobs(relpath: str, entry: Mapping[str, Any], index_type: str | None)
         if spec_name and spec_value:
             hashes.setdefault(spec_name, spec_value.lower())
         size = entry.get("+size")
+        is_wheel = relpath.lower().endswith(".whl")
         wanted.append(WantedBlob(relpath, relpath, content, hashes,
                                  size if isinstance(size, int) and not isinstance(size, bool) else None, mirror,
                                  project if isinstance(project, str) else None,
-                                 version if isinstance(version, str) else None))
+                                 version if isinstance(version, str) else None,
+                                 core_metadata_sha256=metadata if is_wheel and isinstance(metadata, str) else None))
     if isinstance(metadata, str) and isinstance(content, str):
         wanted.append(WantedBlob(relpath, relpath + METADATA_SUFFIX, metadata, {"sha256": metadata.lower()},
                                  None, mirror,
@@ -196,6 +200,15 @@ def stage_from_search_path(blobs: BlobStore, root: Path, wanted: WantedBlob, har
         log.warn("replica file search path: {path} does not match {relpath}", path=str(candidate),
                  relpath=wanted.url_relpath)
     return None
+
+
+def core_metadata_of_wheel_content(content: bytes | Path, filename: str, sha256: str) -> bytes | None:
+    """The METADATA bytes of a downloaded wheel (bytes, or a file), if they hash to ``sha256``."""
+    try:
+        data = wheel_core_metadata(io.BytesIO(content) if isinstance(content, bytes) else content, filename)
+    except (ArchiveError, OSError):
+        return None
+    return data if hashlib.sha256(data).hexdigest() == sha256 else None
 
 
 def core_metadata_from_wheel(blobs: BlobStore, wanted: WantedBlob) -> bytes | None:
@@ -331,6 +344,15 @@ class _BodySink(Protocol):
             self._path.unlink(missing_ok=True)
 
 
+# Another blob computed from a downloaded content: (its bytes, its sha256), or None.
+Derived = Callable[[bytes | Path], tuple[bytes, str] | None]
+
+
+def _derive_all(derivations: list[tuple[bytes | Path, Derived]]) -> list[tuple[bytes, str]]:
+    """Blocking: every blob the derivations give."""
+    return [blob for content, derive in derivations if (blob := derive(content)) is not None]
+
+
 class _GroupAdopter:
     """Hands verified blobs to the store in groups: whatever finished while one adoption ran
     goes into the next, so a burst of small files costs one disk trip and one sync per group."""
@@ -341,11 +363,18 @@ class _GroupAdopter:
         self._store = store
         self._run_disk = run_disk
         self._pending: list[tuple[bytes | Path, str, Deferred[None]]] = []
+        self._derivations: list[tuple[bytes | Path, Derived]] = []
         self._running = False
 
-    def adopt(self, content: bytes | Path, sha256: str) -> Deferred[None]:
-        """Fires once ``content`` is blob ``sha256`` and linked (a file in tmp/ is consumed)."""
+    def adopt(self, content: bytes | Path, sha256: str, *, also: Derived | None = None) -> Deferred[None]:
+        """Fires once ``content`` is blob ``sha256`` and linked (a file in tmp/ is consumed).
+
+        ``also``: computes another blob from ``content`` (a wheel's core metadata) in the
+        disk thread, once per group; stored in the same group when it gives one.
+        """
         stored: Deferred[None] = Deferred()
+        if also is not None:
+            self._derivations.append((content, also))
         self._pending.append((content, sha256, stored))
         if not self._running:
             self._running = True
@@ -356,9 +385,11 @@ class _GroupAdopter:
         try:
             while self._pending:
                 group, self._pending = self._pending, []
+                derivations, self._derivations = self._derivations, []
                 try:
-                    await self._store.adopt_replicated_blobs([(content, sha256) for content, sha256, _ in group],
-                                                             self._run_disk)
+                    derived = await self._run_disk(_derive_all, derivations) if derivations else []
+                    await self._store.adopt_replicated_blobs(
+                        [*((content, sha256) for content, sha256, _ in group), *derived], self._run_disk)
                 except Exception:
                     failure = Failure()
                     for _content, _sha256, stored in group:
@@ -370,6 +401,25 @@ class _GroupAdopter:
                         stored.callback(None)
         finally:
             self._running = False
+
+
+def _core_metadata_deriver(wanted: WantedBlob) -> Derived | None:
+    """For a wheel whose entry names core metadata: take it from the wheel in the same disk trip
+    and group as the wheel (no request, no second round); a mismatch is downloaded later."""
+    metadata_sha256 = wanted.core_metadata_sha256
+    if metadata_sha256 is None:
+        return None
+    filename = wanted.relpath.rsplit("/", 1)[-1]
+
+    def derive(content: bytes | Path) -> tuple[bytes, str] | None:
+        try:
+            data = core_metadata_of_wheel_content(content, filename, metadata_sha256)
+        except Exception:   # a shortcut only: whatever goes wrong, the metadata is downloaded instead
+            log.failure("taking the core metadata from {filename} failed", filename=filename)
+            return None
+        return (data, metadata_sha256) if data is not None else None
+
+    return derive
 
 
 class BlobFetcher:
@@ -456,7 +506,7 @@ class BlobFetcher:
             return received
         body, size = received
         try:
-            await self._adopter.adopt(body.take_content(), wanted.sha256)
+            await self._adopter.adopt(body.take_content(), wanted.sha256, also=_core_metadata_deriver(wanted))
         finally:
             body.discard()
         # No event per file, not even at debug level (it costs as much as the hashing):

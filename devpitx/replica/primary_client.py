@@ -73,6 +73,7 @@ class PrimaryClient:
         self._outside_url = outside_url
         self._user_agent = replica_user_agent()
         self._token: tuple[int, str] | None = None     # (second, token): identical within a second
+        self._file_headers_made: tuple[tuple[str, str | None], Headers] | None = None
 
     @property
     def node(self) -> NodeInfo:
@@ -97,6 +98,14 @@ class PrimaryClient:
             headers[b"X-Devpi-Replica-Filerepl"] = [b"YES"]
         return headers
 
+    def _file_headers(self) -> Headers:
+        """``headers(filerepl=True)`` as one Headers object per token (a second): file replication
+        sends thousands of requests (the Agent copies the object before it adds to it)."""
+        key = (self._fresh_token(), self._node.primary_uuid)
+        if self._file_headers_made is None or self._file_headers_made[0] != key:
+            self._file_headers_made = (key, Headers(self.headers(filerepl=True)))
+        return self._file_headers_made[1]
+
     def _fresh_token(self) -> str:
         now = self._clock.seconds()
         if self._token is None or self._token[0] != int(now):
@@ -117,7 +126,7 @@ class PrimaryClient:
 
     async def open_file(self, relpath: str, *, timeout: float, follow_redirects: bool = False) -> IResponse:
         """GET ``<primary>/<relpath>`` as file replication does; returns once the headers are in."""
-        return await self._get(self.file_url(relpath), self.headers(filerepl=True), timeout=timeout,
+        return await self._get(self.file_url(relpath), self._file_headers(), timeout=timeout,
                                follow_redirects=follow_redirects)
 
     async def open_simple_page(self, user: str, index: str, project: str, *, timeout: float) -> IResponse:
@@ -127,13 +136,14 @@ class PrimaryClient:
         headers = self.headers(accept=b"application/vnd.pypi.simple.v1+json")
         return await self._get(url, headers, timeout=timeout, follow_redirects=False)
 
-    async def _get(self, url: str, headers: dict[bytes, list[bytes]], *, timeout: float,
+    async def _get(self, url: str, headers: dict[bytes, list[bytes]] | Headers, *, timeout: float,
                    follow_redirects: bool) -> IResponse:
         async def send() -> IResponse:
             try:
                 response: IResponse
                 if self._agent is not None and not follow_redirects:
-                    response = await self._agent.request(b"GET", url.encode("ascii"), Headers(headers))
+                    response = await self._agent.request(
+                        b"GET", url.encode("ascii"), headers if isinstance(headers, Headers) else Headers(headers))
                 else:
                     response = await self._http.request(
                         "GET", url, headers=headers, unbuffered=True, allow_redirects=follow_redirects)

@@ -199,12 +199,30 @@ class FewerTripsTests(FileCase):
 
     def test_the_core_metadata_of_a_wheel_is_taken_from_the_wheel_without_a_request(self) -> None:
         wheel = self.release_wheel("pkg", WHEEL_METADATA, WHEEL_METADATA)
+        groups: list[list[str]] = []
+        real = self.store.blobs.adopt_replicated
+
+        def adopt(items: Any) -> None:
+            groups.append(sorted(sha256 for _content, sha256 in items))
+            real(items)
+
+        self.store.blobs.adopt_replicated = adopt  # type: ignore[method-assign]
         self.start()
         self.pump_until(lambda: self.caught_up() and self.files_in_sync())
         self.assertTrue(self.linked(wheel.relpath, wheel.sha256))
         self.assertTrue(self.linked(wheel.relpath + ".metadata", wheel.metadata_sha256))
         self.assertEqual(self.store.blobs.path_for(wheel.metadata_sha256 or "").read_bytes(), WHEEL_METADATA)
         self.assertEqual(len(self.primary.file_requests(wheel.relpath)), 1)
+        self.assertEqual(self.primary.file_requests(wheel.relpath + ".metadata"), [])
+        self.assertEqual(groups, [sorted([wheel.sha256, wheel.metadata_sha256 or ""])])   # one group, one trip
+
+    def test_the_core_metadata_is_taken_from_a_wheel_that_is_here_already(self) -> None:
+        wheel = self.release_wheel("pkg", WHEEL_METADATA, WHEEL_METADATA)
+        self.store.blobs.put_bytes(wheel.content)       # e.g. from the search path, earlier
+        self.start()
+        self.pump_until(lambda: self.caught_up() and self.files_in_sync())
+        self.assertEqual(self.store.blobs.path_for(wheel.metadata_sha256 or "").read_bytes(), WHEEL_METADATA)
+        self.assertEqual(self.primary.file_requests(wheel.relpath), [])
         self.assertEqual(self.primary.file_requests(wheel.relpath + ".metadata"), [])
 
     def test_recorded_metadata_that_is_not_the_wheels_is_downloaded(self) -> None:
