@@ -46,7 +46,7 @@ from devpitx.storage.store import Store, link_digests
 
 METADATA_SUFFIX = ".metadata"
 # Bodies up to this size stay in memory until adopted; larger ones go to a file in tmp/.
-SPILL_BYTES = 1024 * 1024
+SPILL_BYTES = 256 * 1024
 _SKIPPED_HASHES = frozenset({"shake_128", "shake_256"})   # variable length: not comparable as text
 
 log = Logger()

@@ -56,8 +56,10 @@ MAX_RETRY_SECONDS = 3600.0
 INITIAL_QUEUE_LIMIT = 50_000
 # File entries whose blobs the initial pass checks per trip to the disk thread.
 INITIAL_PASS_BATCH = 500
-# Entries in progress per download slot: the others wait for their group's sync.
-ENTRIES_PER_THREAD = 4
+# Entries in progress per download slot: the others wait for their group's sync, which takes
+# tens of milliseconds on a busy disk. Bounds the bodies held in memory meanwhile (each at
+# most filefetch.SPILL_BYTES; larger ones wait in tmp/).
+ENTRIES_PER_THREAD = 16
 
 __all__ = ["FileFetchFailed", "FileReplicationSettings", "FileReplicator"]
 
