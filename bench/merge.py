@@ -30,11 +30,19 @@ def merge(full: Results, partial: Results) -> Results:
         position = keys_in_order.index(row.key) if row.key in keys_in_order else len(rows)
         rows.insert(min(position, len(rows)), row)
     meta = dict(full.meta)
-    this = (f"rows {', '.join(sorted(replaced))} from a later partial run: "
-            f"started {partial.meta.get('started')}, devpitx {partial.meta.get('devpitx')}, "
-            f"devpi-server {partial.meta.get('devpi-server')}, load_before {partial.meta.get('load_before')}")
-    # Merging again keeps the earlier merges' provenance.
-    meta["merged"] = f"{meta['merged']}; {this}" if meta.get("merged") else this
+    run = (f"started {partial.meta.get('started')}, devpitx {partial.meta.get('devpitx')}, "
+           f"devpi-server {partial.meta.get('devpi-server')}, load_before {partial.meta.get('load_before')}")
+    # Merging again keeps the earlier merges' provenance, minus the rows this one replaces.
+    earlier = [{"rows": [key for key in entry["rows"] if key not in replaced], "run": entry["run"]}
+               for entry in meta.get("merged_runs", [])]
+    merged_runs = [entry for entry in earlier if entry["rows"]]
+    merged_runs.append({"rows": sorted(replaced), "run": run})
+    meta["merged_runs"] = merged_runs
+    described = "; ".join(f"rows {', '.join(entry['rows'])} from a later partial run: {entry['run']}"
+                          for entry in merged_runs)
+    if full.meta.get("merged") and not full.meta.get("merged_runs"):
+        described = f"{full.meta['merged']}; {described}"     # merged before rows were recorded
+    meta["merged"] = described
     return Results(meta, rows)
 
 

@@ -36,3 +36,13 @@ def test_merging_twice_keeps_both_provenances() -> None:
     assert "rows a from a later partial run: started first" in twice.meta["merged"]
     assert "rows b from a later partial run: started second" in twice.meta["merged"]
     assert [row.median("devpitx") for row in twice.rows] == [3.0, 4.0]
+
+
+def test_a_later_merge_of_the_same_rows_drops_the_earlier_provenance() -> None:
+    once = merge(results("full", a=1.0, b=2.0), results("first", a=3.0, b=4.0))
+    twice = merge(once, results("second", b=5.0))
+    assert "rows a from a later partial run: started first" in twice.meta["merged"]
+    assert "rows b from a later partial run: started second" in twice.meta["merged"]
+    assert "rows a, b" not in twice.meta["merged"]
+    thrice = merge(twice, results("third", a=6.0))
+    assert "started first" not in thrice.meta["merged"]
