@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from devpitx.runtime import run_inline
@@ -49,6 +50,7 @@ from tests.storage.test_crash import (
     build_history,
     commit_under_test,
     files_links,
+    no_disk_flush,  # noqa: F401  (a fixture, found by name)
     tmp_files,
 )
 
@@ -173,13 +175,13 @@ def test_entries_without_their_blob_have_no_link_until_it_is_adopted(replica: St
     serial = replica.serial
     tmp = replica.blobs.tmp_dir / "download"
     tmp.write_bytes(NEW_CONTENT)
-    assert _run(replica.adopt_replicated_blob(tmp, NEW_SHA, run_inline)) == [NEW_RELPATH]
+    assert _run(replica.adopt_replicated_blobs([(tmp, NEW_SHA)], run_inline))[0] == [NEW_RELPATH]
     assert sorted(files_links(replica.serverdir)) == [NEW_RELPATH]
     assert os.path.samefile(replica.blobs.relpath_path(NEW_RELPATH), blob_path(replica.serverdir, NEW_SHA))
     assert not tmp.exists()
     metadata_tmp = replica.blobs.tmp_dir / "metadata"
     metadata_tmp.write_bytes(NEW_METADATA)
-    assert _run(replica.adopt_replicated_blob(metadata_tmp, NEW_METADATA_SHA, run_inline)) == [
+    assert _run(replica.adopt_replicated_blobs([(metadata_tmp, NEW_METADATA_SHA)], run_inline))[0] == [
         NEW_RELPATH + ".metadata"]
     assert sorted(files_links(replica.serverdir)) == [NEW_RELPATH, NEW_RELPATH + ".metadata"]
     assert replica.serial == serial                                  # no serial for blobs
@@ -197,7 +199,7 @@ def test_adopting_links_every_live_entry_naming_the_blob(replica: Store) -> None
     replica.apply_replicated(Entry(2, 3.0, {file_key(prod): {**entry, "last_modified": None}}, ()))  # no content
     tmp = replica.blobs.tmp_dir / "download"
     tmp.write_bytes(content)
-    assert _run(replica.adopt_replicated_blob(tmp, sha, run_inline)) == [dev]
+    assert _run(replica.adopt_replicated_blobs([(tmp, sha)], run_inline))[0] == [dev]
     assert sorted(files_links(replica.serverdir)) == [dev]
     # Content arriving for prod later (a new serial) links it: the blob is here now.
     replica.apply_replicated(Entry(3, 4.0, {file_key(prod): entry}, (sha,)))
@@ -212,7 +214,7 @@ def test_links_of_adopted_blobs_go_through_the_background_flusher(tmp_path: Path
             apply(store, raw)
         tmp = store.blobs.tmp_dir / "download"
         tmp.write_bytes(NEW_CONTENT)
-        assert _run(store.adopt_replicated_blob(tmp, NEW_SHA, run_inline)) == [NEW_RELPATH]
+        assert _run(store.adopt_replicated_blobs([(tmp, NEW_SHA)], run_inline))[0] == [NEW_RELPATH]
         store.flush()
         assert sorted(files_links(store.serverdir)) == [NEW_RELPATH]
         # A later commit of the key wins over the re-submitted value: no stale link.
@@ -238,8 +240,11 @@ def test_stage_external_copies_or_hard_links(tmp_path: Path, replica: Store) -> 
 
 
 def _run(coro: Any) -> Any:
-    from twisted.internet.defer import Deferred
-    d = Deferred.fromCoroutine(coro)
+    return result_of(Deferred.fromCoroutine(coro))
+
+
+def result_of(d: Deferred[Any]) -> Any:
+    """The result of ``d``, which must have fired already (everything here runs inline)."""
     results: list[Any] = []
     d.addBoth(results.append)
     assert results, "did not finish synchronously"
@@ -334,6 +339,15 @@ def test_replicated_commit_fails_anywhere_and_reopens_to_before_or_after(
     assert outcomes == OUTCOMES[target]
 
 
+def downloaded(store: Store, kind: str) -> bytes | Path:
+    """NEW_CONTENT as file replication hands it to the store: in memory, or a file in tmp/."""
+    if kind == "bytes":
+        return NEW_CONTENT
+    path = store.blobs.tmp_dir / "download"
+    path.write_bytes(NEW_CONTENT)
+    return path
+
+
 # What a failure of each primitive can hit: a downloaded file in tmp/ is adopted without a
 # write, and nothing is fsynced (one filesystem sync; its failure is tested below).
 ADOPT_FAILURES = [("link", "file"), ("replace", "file"), ("link", "bytes"), ("write", "bytes")]
@@ -349,10 +363,7 @@ def test_adopting_fails_anywhere_and_the_next_link_pass_completes_it(
         store = open_replica(serverdir)
         for raw in primary_entries:
             apply(store, raw)
-        content: bytes | Path = NEW_CONTENT
-        if kind == "file":
-            content = store.blobs.tmp_dir / "download"
-            content.write_bytes(NEW_CONTENT)
+        content = downloaded(store, kind)
         injector = Injector(target, nth, _raise_injected)
         with monkeypatch.context() as patcher:
             injector.install(lambda obj, name, value: patcher.setattr(obj, name, value, raising=False))
@@ -380,21 +391,13 @@ def test_adopting_fails_anywhere_and_the_next_link_pass_completes_it(
     assert nth > 1
 
 
-@pytest.fixture
-def no_disk_flush(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(os, "fsync", lambda fd: None)
-
-
 @pytest.mark.parametrize("kind", ("file", "bytes"))
 def test_a_failed_sync_adopts_nothing(kind: str, replica: Store, primary_entries: list[bytes],
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from devpitx.storage import blobs as blobs_module
     for raw in primary_entries:
         apply(replica, raw)
-    content: bytes | Path = NEW_CONTENT
-    if kind == "file":
-        content = replica.blobs.tmp_dir / "download"
-        content.write_bytes(NEW_CONTENT)
+    content = downloaded(replica, kind)
 
     def failing_sync(path: Path) -> None:
         raise OSError(errno.EIO, "injected failure")

@@ -23,6 +23,7 @@ from devpitx.runtime import run_inline
 from devpitx.storage import store as store_module
 from devpitx.storage.journal import Entry, JournalCorrupt
 from devpitx.storage.store import ReplicationRefused, Store, StoreBroken
+from tests.storage.test_replicated import result_of
 
 PRIMARY_SERIALS = 40
 
@@ -53,15 +54,6 @@ def group_of(raws: list[bytes]) -> list[tuple[Entry, bytes | None]]:
 
 def apply_group(store: Store, raws: list[bytes], run_blocking: Any = run_inline) -> Deferred[None]:
     return Deferred.fromCoroutine(store.apply_replicated_group(group_of(raws), run_blocking))
-
-
-def result_of(d: Deferred[Any]) -> Any:
-    results: list[Any] = []
-    d.addBoth(results.append)
-    assert results, "did not finish"
-    if hasattr(results[0], "raiseException"):
-        results[0].raiseException()
-    return results[0]
 
 
 def values_after(primary_entries: list[bytes], last: int) -> dict[str, Any]:
@@ -319,6 +311,10 @@ def test_big_state_batches_are_made_durable_by_one_sync_before_the_serial_moves(
             for n in range(store_module.FSYNC_EACH_UP_TO_KEYS + 1):
                 tx.set(f"user/b{n}", {"n": n})
         assert order == ["sync", "serial 1"]
+        for n in (0, store_module.FSYNC_EACH_UP_TO_KEYS):
+            record = json.loads((store.serverdir / "state" / "user" / f"b{n}.json").read_bytes())
+            assert record == {"key": f"user/b{n}", "value": {"n": n}}
+        assert list((store.serverdir / "state" / ".tmp").iterdir()) == []
     finally:
         store.close()
 
