@@ -102,6 +102,7 @@ def wanted_blobs(relpath: str, entry: Mapping[str, Any], index_type: str | None)
     content, metadata = link_digests(entry)
     mirror = index_type == "mirror"
     project, version = entry.get("project"), entry.get("version")
+    is_wheel = relpath.lower().endswith(".whl")
     wanted = []
     if isinstance(content, str):
         hashes = {name: value.lower() for name, value in (entry.get("hashes") or {}).items()
@@ -110,7 +111,6 @@ def wanted_blobs(relpath: str, entry: Mapping[str, Any], index_type: str | None)
         if spec_name and spec_value:
             hashes.setdefault(spec_name, spec_value.lower())
         size = entry.get("+size")
-        is_wheel = relpath.lower().endswith(".whl")
         wanted.append(WantedBlob(relpath, relpath, content, hashes,
                                  size if isinstance(size, int) and not isinstance(size, bool) else None, mirror,
                                  project if isinstance(project, str) else None,
@@ -119,7 +119,7 @@ def wanted_blobs(relpath: str, entry: Mapping[str, Any], index_type: str | None)
     if isinstance(metadata, str) and isinstance(content, str):
         wanted.append(WantedBlob(relpath, relpath + METADATA_SUFFIX, metadata, {"sha256": metadata.lower()},
                                  None, mirror,
-                                 wheel_sha256=content if relpath.lower().endswith(".whl") else None))
+                                 wheel_sha256=content if is_wheel else None))
     return wanted
 
 
@@ -215,12 +215,8 @@ def core_metadata_from_wheel(blobs: BlobStore, wanted: WantedBlob) -> bytes | No
     """The METADATA bytes of the stored wheel ``wanted`` belongs to, if they hash to ``wanted``; else None."""
     if wanted.wheel_sha256 is None or not blobs.has(wanted.wheel_sha256):
         return None
-    filename = wanted.relpath.rsplit("/", 1)[-1]
-    try:
-        data = wheel_core_metadata(blobs.path_for(wanted.wheel_sha256), filename)
-    except (ArchiveError, OSError):
-        return None
-    return data if hashlib.sha256(data).hexdigest() == wanted.sha256 else None
+    return core_metadata_of_wheel_content(blobs.path_for(wanted.wheel_sha256), wanted.relpath.rsplit("/", 1)[-1],
+                                          wanted.sha256)
 
 
 def presence_of(blobs: BlobStore, checks: list[tuple[str, str | None, str | None]]) -> list[tuple[str, bool, list[str]]]:
@@ -357,8 +353,6 @@ class _GroupAdopter:
     """Hands verified blobs to the store in groups: whatever finished while one adoption ran
     goes into the next, so a burst of small files costs one disk trip and one sync per group."""
 
-    log = Logger()
-
     def __init__(self, store: Store, run_disk: RunBlocking) -> None:
         self._store = store
         self._run_disk = run_disk
@@ -487,13 +481,10 @@ class BlobFetcher:
             staged = await self._run_disk(stage_from_search_path, self._store.blobs, self._settings.search_path,
                                           wanted, self._settings.hard_links)
             if staged is not None:
-                await self._adopt(staged, wanted.sha256)
+                await self._adopter.adopt(staged, wanted.sha256)     # consumes the file, even when it fails
                 self.log.info("replicated {relpath} from the file search path", relpath=wanted.url_relpath)
                 return Outcome("stored", str(self._settings.search_path))
         return await self._download(wanted, follow_redirects)
-
-    async def _adopt(self, path: Path, sha256: str) -> None:
-        await self._adopter.adopt(path, sha256)     # consumes the file, even when it fails
 
     async def _download(self, wanted: WantedBlob, follow_redirects: bool) -> Outcome:
         url = self._client.file_url(wanted.url_relpath)

@@ -55,19 +55,16 @@ def _write_tmp(tmp: Path, data: bytes, *, sync: bool = True) -> None:
             os.fsync(f.fileno())
 
 
-def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True, tmp_dir: Path | None = None,
-                 sync_file: bool = True) -> None:
+def atomic_write(path: Path, data: bytes, *, sync_dir: bool = True, tmp_dir: Path | None = None) -> None:
     """Replace ``path`` with ``data`` atomically (old or new content, never a mix).
 
     ``tmp_dir`` (same filesystem) collects the temporary files of a whole tree
     in one place, so leftovers of a crash are found without walking the tree.
-    ``sync_file=False``: the content is durable only after a later
-    :func:`sync_filesystem`; until then a crash may leave the file empty.
     """
     tmp = tmp_dir / tmp_name_for(path).name if tmp_dir is not None else tmp_name_for(path)
     try:
         tmp.unlink(missing_ok=True)
-        _write_tmp(tmp, data, sync=sync_file)
+        _write_tmp(tmp, data)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

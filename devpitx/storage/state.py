@@ -98,13 +98,12 @@ class StateTree:
                 except FileNotFoundError:
                     continue
             else:
-                make_dirs(path.parent, durable=durable)
+                make_dirs(path.parent)
                 data = json.dumps({"key": key, "value": value}, separators=(",", ":"), ensure_ascii=False)
-                atomic_write(path, data.encode(), sync_dir=False, tmp_dir=self.tmp_dir, sync_file=durable)
+                atomic_write(path, data.encode(), sync_dir=False, tmp_dir=self.tmp_dir)
             dirs.add(path.parent)
-        if durable:
-            for directory in dirs:
-                fsync_dir(directory)
+        for directory in dirs:
+            fsync_dir(directory)
 
     def _persist_unsynced(self, changes: Mapping[str, Any]) -> None:
         """``persist(durable=False)`` on plain strings and with the fewest system calls: a catch-up

@@ -14,7 +14,7 @@ On a replica (``replica=True``) the serials are the primary's: ``write`` is
 refused and only :meth:`Store.apply_replicated` commits, appending the
 primary's journal entries with their own serials through steps 2-4 above.
 Their blobs arrive later (file replication): an entry whose blob is missing
-simply has no ``+files/`` link until :meth:`Store.adopt_replicated_blob`
+simply has no ``+files/`` link until :meth:`Store.adopt_replicated_blobs`
 stores the blob, without a serial of its own.
 
 Opening reads ``cache/state-snapshot.json`` (all keys at some serial, written
@@ -431,20 +431,16 @@ class Store:
             listener(entry.serial, changes)
 
     # -- blobs that arrive after their entries (replicas) -------------------------------------
-    async def adopt_replicated_blob(self, src: Path, sha256: str, run_blocking: RunBlocking) -> list[str]:
-        """Store the downloaded, verified file ``src`` as blob ``sha256`` (no serial) and link it.
-
-        The caller vouches for ``sha256`` (it hashed ``src``). Returns the
-        relpaths of the current file entries whose ``+files/`` links now point
-        at it (``<relpath>.metadata`` for core metadata).
-        """
-        linked = await self.adopt_replicated_blobs([(src, sha256)], run_blocking)
-        return linked[0]
-
     async def adopt_replicated_blobs(self, items: Sequence[tuple[bytes | Path, str]],
                                      run_blocking: RunBlocking) -> list[list[str]]:
-        """``adopt_replicated_blob`` for several verified contents (bytes or files in tmp/) at once,
-        with one filesystem sync (``BlobStore.adopt_replicated``); the linked relpaths of each."""
+        """Store downloaded, verified contents (bytes, or files in tmp/ that are consumed) as the
+        blobs of the given sha256 (no serial), with one filesystem sync
+        (``BlobStore.adopt_replicated``), and link them.
+
+        The caller vouches for each sha256 (it hashed the content). Returns, for
+        each item, the relpaths of the current file entries whose ``+files/``
+        links now point at it (``<relpath>.metadata`` for core metadata).
+        """
         await run_blocking(self.blobs.adopt_replicated, items)
         return [self.link_blob(sha256, stored=True) for _content, sha256 in items]
 
