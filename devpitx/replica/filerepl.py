@@ -280,7 +280,7 @@ class FileReplicator:
             self._status.files_in_sync()
             if self._fetcher.stored_files != self._logged_stored_files:
                 self._logged_stored_files = self._fetcher.stored_files
-                release_free_memory()      # the end of a burst of downloads
+                self._run_disk(release_free_memory)      # the end of a burst; it walks the whole heap
                 self.log.info("files in sync: {files} files ({bytes} bytes) downloaded from the primary "
                               "since the start", files=self._fetcher.stored_files, bytes=self._fetcher.stored_bytes)
 
